@@ -1,0 +1,25 @@
+"""keras_llm: a Keras 3 reference implementation of the kernel of an LLM system.
+
+Public names: `ModelConfig`, `TrainConfig`, and the submodules `layers`, `models`, `data`,
+`callbacks`, `metrics`, `training`, `evaluation`, `export`, `plots`.
+"""
+
+from keras_llm._env import configure_environment
+
+configure_environment()
+
+from keras_llm import layers, models  # noqa: E402
+from keras_llm.config import ModelConfig, TrainConfig  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = ["ModelConfig", "TrainConfig", "layers", "models", "__version__"]
+
+
+def __getattr__(name):
+    # Heavier submodules (data pulls tensorflow-text and tfds) load on first use.
+    import importlib
+
+    if name in {"data", "callbacks", "metrics", "training", "evaluation", "export", "plots"}:
+        return importlib.import_module(f"keras_llm.{name}")
+    raise AttributeError(f"module 'keras_llm' has no attribute {name!r}")

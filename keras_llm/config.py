@@ -1,0 +1,277 @@
+"""Model and training settings: small frozen dataclasses with named presets.
+
+One vocabulary of names everywhere: the `ModelConfig` fields are also the constructor
+arguments and `get_config` keys of `TransformerBackbone`. Pick a preset and override fields
+with `dataclasses.replace`; never re-type a table of values.
+"""
+
+import dataclasses
+import json
+import os
+
+INITIALIZERS = ("glorot_uniform", "he_normal", "gpt2")
+ATTENTIONS = ("keras", "explicit")
+ACTIVATIONS = ("gelu", "relu", "silu", "tanh")
+PRECISIONS = ("float32", "mixed_bfloat16")
+DECAYS = ("cosine", "linear", "inverse_sqrt")
+STRATEGIES = ("default", "mirrored", "multi_worker")
+
+
+def _check_positive(owner, **values):
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(
+                f"{owner}.{name} must be a positive integer. Received {name}={value!r}."
+            )
+
+
+def _check_choice(owner, name, value, choices):
+    if value not in choices:
+        raise ValueError(
+            f"{owner}.{name} must be one of {list(choices)}. Received {name}={value!r}."
+        )
+
+
+def _check_fraction(owner, name, value, upper_inclusive=False):
+    ok = 0.0 <= value <= 1.0 if upper_inclusive else 0.0 <= value < 1.0
+    if not ok:
+        bound = "[0, 1]" if upper_inclusive else "[0, 1)"
+        raise ValueError(f"{owner}.{name} must be in {bound}. Received {name}={value!r}.")
+
+
+class _PresetMixin:
+    """`preset(name)`, `to_dict`, JSON load/save shared by both configs."""
+
+    PRESETS: dict = {}
+
+    @classmethod
+    def preset(cls, name, **overrides):
+        """Returns the named preset, with any field overridden by keyword."""
+        if name not in cls.PRESETS:
+            raise ValueError(
+                f"Unknown {cls.__name__} preset {name!r}. Choose one of {sorted(cls.PRESETS)}."
+            )
+        return dataclasses.replace(cls.PRESETS[name], **overrides)
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values):
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(
+                f"Unknown {cls.__name__} field(s) {unknown}. Known fields: {sorted(known)}."
+            )
+        return cls(**values)
+
+    def save(self, path):
+        with open(path, "w") as f:
+            json.dump(self.to_dict(), f, indent=2)
+
+    @classmethod
+    def load(cls, path):
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"No {cls.__name__} file at {path!r}.")
+        with open(path) as f:
+            return cls.from_dict(json.load(f))
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig(_PresetMixin):
+    """Sizes and choices of a Transformer backbone.
+
+    Args:
+        vocabulary_size: int. Number of token ids; id 0 is padding. Defaults to `8192`.
+        sequence_length: int. Longest input, and the number of learned positions.
+            Defaults to `128`.
+        hidden_dim: int. Width of the residual stream. Defaults to `256`.
+        num_heads: int. Attention heads; must divide `hidden_dim`. Defaults to `4`.
+        num_layers: int. Transformer blocks. Defaults to `4`.
+        intermediate_dim: int. Width of the feed-forward layer. Defaults to `1024`.
+        dropout: float. Dropout rate in [0, 1). Defaults to `0.0` (short CPU runs underfit,
+            so dropout only slows them down).
+        activation: str. Feed-forward activation, one of `ACTIVATIONS`. Defaults to `"gelu"`.
+        initializer: str. `"glorot_uniform"` (Xavier), `"he_normal"`, or `"gpt2"` (normal,
+            std 0.02, residual output projections scaled by 1/sqrt(2 * num_layers)).
+            Defaults to `"gpt2"`.
+        attention: str. `"keras"` (`keras.layers.MultiHeadAttention`) or `"explicit"` (the
+            six steps written out). Defaults to `"keras"`.
+        tie_embeddings: bool. Reuse the token embedding as the LM head. Defaults to `True`.
+    """
+
+    vocabulary_size: int = 8192
+    sequence_length: int = 128
+    hidden_dim: int = 256
+    num_heads: int = 4
+    num_layers: int = 4
+    intermediate_dim: int = 1024
+    dropout: float = 0.0
+    activation: str = "gelu"
+    initializer: str = "gpt2"
+    attention: str = "keras"
+    tie_embeddings: bool = True
+
+    def __post_init__(self):
+        owner = "ModelConfig"
+        _check_positive(
+            owner,
+            vocabulary_size=self.vocabulary_size,
+            sequence_length=self.sequence_length,
+            hidden_dim=self.hidden_dim,
+            num_heads=self.num_heads,
+            num_layers=self.num_layers,
+            intermediate_dim=self.intermediate_dim,
+        )
+        if self.vocabulary_size < 2:
+            raise ValueError(
+                "ModelConfig.vocabulary_size must be at least 2 (id 0 is padding). "
+                f"Received vocabulary_size={self.vocabulary_size}."
+            )
+        if self.hidden_dim % self.num_heads:
+            raise ValueError(
+                f"ModelConfig.hidden_dim must be divisible by num_heads. Received "
+                f"hidden_dim={self.hidden_dim}, num_heads={self.num_heads}; pick num_heads "
+                f"from the divisors of {self.hidden_dim}."
+            )
+        _check_fraction(owner, "dropout", self.dropout)
+        _check_choice(owner, "activation", self.activation, ACTIVATIONS)
+        _check_choice(owner, "initializer", self.initializer, INITIALIZERS)
+        _check_choice(owner, "attention", self.attention, ATTENTIONS)
+        if not isinstance(self.tie_embeddings, bool):
+            raise ValueError(
+                f"ModelConfig.tie_embeddings must be True or False. "
+                f"Received tie_embeddings={self.tie_embeddings!r}."
+            )
+
+    @property
+    def head_dim(self):
+        return self.hidden_dim // self.num_heads
+
+
+ModelConfig.PRESETS = {
+    # Tests: about 27k parameters, runs in milliseconds.
+    "tiny": ModelConfig(
+        vocabulary_size=256,
+        sequence_length=32,
+        hidden_dim=32,
+        num_heads=2,
+        num_layers=2,
+        intermediate_dim=64,
+    ),
+    # The CPU workhorse and the benchmark configuration (about 5.3M parameters).
+    "small": ModelConfig(),
+    # GPT-2-small-like, for users with an accelerator (about 110M parameters).
+    "base": ModelConfig(
+        vocabulary_size=32768,
+        sequence_length=1024,
+        hidden_dim=768,
+        num_heads=12,
+        num_layers=12,
+        intermediate_dim=3072,
+        dropout=0.1,
+    ),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(_PresetMixin):
+    """How a run trains: batch, budget, learning-rate schedule, clipping, precision.
+
+    Args:
+        batch_size: int. Global batch size (split across replicas). Defaults to `32`.
+        pretrain_steps: int. Optimizer steps of causal-LM pretraining. Defaults to `1500`.
+        pretrain_learning_rate: float. Peak learning rate of pretraining. Defaults to `1e-3`.
+        finetune_epochs: int. Epochs of classifier fine-tuning. Defaults to `4`.
+        finetune_learning_rate: float. Peak learning rate of fine-tuning. Defaults to `3e-4`.
+        freeze_backbone_epochs: int. Fine-tuning epochs that train only the head first.
+            Defaults to `0`.
+        classifier_sequence_length: int. Tokens kept per classification example; short
+            review snippets waste compute when padded to the full context. Defaults to `64`.
+        warmup_fraction: float. Share of steps spent warming up linearly. Defaults to `0.05`.
+        min_learning_rate_ratio: float. Final learning rate as a share of the peak.
+            Defaults to `0.1`.
+        decay: str. `"cosine"`, `"linear"` or `"inverse_sqrt"`. Defaults to `"cosine"`.
+        clip_norm: float. Global gradient-norm bound; 0 disables clipping. Defaults to `1.0`.
+        weight_decay: float. AdamW decay on kernels (not biases, norms or embeddings).
+            Defaults to `0.01`.
+        augment_delete: float. Random token deletion rate on training text. Defaults to `0.0`.
+        augment_swap: float. Random swap rate. Defaults to `0.0`.
+        augment_mask: float. Random masking rate. Defaults to `0.0`.
+        seed: int. Seeds weights, shuffling and augmentation. Defaults to `1337`.
+        precision: str. `"float32"` or `"mixed_bfloat16"`. Defaults to `"mixed_bfloat16"`.
+        jit_compile: bool. Compile the whole train step with XLA. Defaults to `False` (XLA's
+            CPU matmuls don't use AMX, so bf16 runs faster through oneDNN).
+        steps_per_execution: int. Train steps per host round trip. Defaults to `1`.
+        strategy: str. `"default"`, `"mirrored"` or `"multi_worker"`. Defaults to `"default"`.
+    """
+
+    batch_size: int = 32
+    pretrain_steps: int = 1500
+    pretrain_learning_rate: float = 1e-3
+    finetune_epochs: int = 4
+    finetune_learning_rate: float = 3e-4
+    freeze_backbone_epochs: int = 0
+    classifier_sequence_length: int = 64
+    warmup_fraction: float = 0.05
+    min_learning_rate_ratio: float = 0.1
+    decay: str = "cosine"
+    clip_norm: float = 1.0
+    weight_decay: float = 0.01
+    augment_delete: float = 0.0
+    augment_swap: float = 0.0
+    augment_mask: float = 0.0
+    seed: int = 1337
+    precision: str = "mixed_bfloat16"
+    jit_compile: bool = False
+    steps_per_execution: int = 1
+    strategy: str = "default"
+
+    def __post_init__(self):
+        owner = "TrainConfig"
+        _check_positive(
+            owner,
+            batch_size=self.batch_size,
+            pretrain_steps=self.pretrain_steps,
+            finetune_epochs=self.finetune_epochs,
+            classifier_sequence_length=self.classifier_sequence_length,
+            steps_per_execution=self.steps_per_execution,
+        )
+        for name in ("pretrain_learning_rate", "finetune_learning_rate"):
+            value = getattr(self, name)
+            if not value > 0:
+                raise ValueError(f"TrainConfig.{name} must be > 0. Received {name}={value!r}.")
+        if not 0 <= self.freeze_backbone_epochs <= self.finetune_epochs:
+            raise ValueError(
+                "TrainConfig.freeze_backbone_epochs must be between 0 and finetune_epochs "
+                f"({self.finetune_epochs}). Received "
+                f"freeze_backbone_epochs={self.freeze_backbone_epochs!r}."
+            )
+        for name in ("warmup_fraction", "augment_delete", "augment_swap", "augment_mask"):
+            _check_fraction(owner, name, getattr(self, name))
+        _check_fraction(owner, "min_learning_rate_ratio", self.min_learning_rate_ratio, True)
+        if self.clip_norm < 0 or self.weight_decay < 0:
+            raise ValueError(
+                "TrainConfig.clip_norm and weight_decay must be >= 0. Received "
+                f"clip_norm={self.clip_norm!r}, weight_decay={self.weight_decay!r}."
+            )
+        _check_choice(owner, "decay", self.decay, DECAYS)
+        _check_choice(owner, "precision", self.precision, PRECISIONS)
+        _check_choice(owner, "strategy", self.strategy, STRATEGIES)
+
+
+TrainConfig.PRESETS = {
+    # Tests: a handful of steps.
+    "tiny": TrainConfig(
+        batch_size=8,
+        pretrain_steps=20,
+        finetune_epochs=1,
+        classifier_sequence_length=32,
+        precision="float32",
+    ),
+    # `keras-llm quickstart --quick`, CI: about two minutes on 2 CPU cores.
+    "quick": TrainConfig(pretrain_steps=60, finetune_epochs=1),
+    # `keras-llm quickstart`: about ten minutes on 2 CPU cores.
+    "small": TrainConfig(),
+}

@@ -1,0 +1,157 @@
+"""Multi-head self-attention written out step by step.
+
+`ExplicitMultiHeadAttention` computes what `keras.layers.MultiHeadAttention` computes, with the
+same weights in the same order, so `explicit.set_weights(keras_mha.get_weights())` makes the two
+layers agree. It exists to be read: each of the six steps is one or two lines.
+"""
+
+import keras
+from keras import ops
+
+
+def large_negative(dtype):
+    """The additive mask value Keras' masked softmax uses for `dtype`."""
+    return -3e4 if dtype == "float16" else -1e9
+
+
+def causal_mask(query_length, key_length):
+    """`(query_length, key_length)` bool: position t may attend to positions <= t."""
+    rows = ops.arange(query_length)[:, None]
+    cols = ops.arange(key_length)[None, :]
+    return ops.greater_equal(rows, cols)
+
+
+@keras.saving.register_keras_serializable(package="keras_llm")
+class ExplicitMultiHeadAttention(keras.layers.Layer):
+    """Multi-head attention as six readable steps, weight-compatible with Keras' layer.
+
+    1. Project the input to queries, keys and values, one slice per head.
+    2. (The split into heads is in the projection's kernel layout: `(hidden, heads, key_dim)`.)
+    3. Score every query against every key: scaled dot products.
+    4. Mask forbidden pairs (future positions, padding) with a large negative number.
+    5. Softmax turns the scores into weights; the weights sum the values.
+    6. Concatenate the heads and project back to the model width.
+
+    Args:
+        num_heads: int. Number of heads.
+        key_dim: int. Width of each head's queries, keys and values.
+        dropout: float. Dropout on the attention weights. Defaults to `0.0`.
+        kernel_initializer: initializer for the q/k/v kernels. Defaults to `"glorot_uniform"`.
+        output_initializer: initializer for the output kernel; `None` uses
+            `kernel_initializer`. Defaults to `None`.
+
+    Call arguments:
+        query: `(batch, T, dim)`.
+        value: `(batch, S, dim)`; keys are computed from `key` if given, else from `value`.
+        key: optional `(batch, S, dim)`.
+        attention_mask: optional bool `(batch, T, S)`; True means "may attend".
+        return_attention_scores: bool. Also return the `(batch, heads, T, S)` weights.
+        use_causal_mask: bool. Add the causal mask.
+
+    Example:
+    >>> mha = keras.layers.MultiHeadAttention(num_heads=2, key_dim=4)
+    >>> x = np.random.rand(1, 5, 8).astype("float32")
+    >>> _ = mha(x, x)
+    >>> explicit = ExplicitMultiHeadAttention(num_heads=2, key_dim=4)
+    >>> _ = explicit(x, x)
+    >>> explicit.set_weights(mha.get_weights())
+    """
+
+    def __init__(
+        self,
+        num_heads,
+        key_dim,
+        dropout=0.0,
+        kernel_initializer="glorot_uniform",
+        output_initializer=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.num_heads = num_heads
+        self.key_dim = key_dim
+        self.dropout = dropout
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.output_initializer = keras.initializers.get(
+            output_initializer if output_initializer is not None else kernel_initializer
+        )
+        self._dropout_layer = keras.layers.Dropout(dropout)
+        self.supports_masking = True
+
+    def build(self, query_shape, value_shape=None, key_shape=None):
+        dim = query_shape[-1]
+        heads, head_dim = self.num_heads, self.key_dim
+
+        def weight(name, shape, initializer):
+            return self.add_weight(name=name, shape=shape, initializer=initializer)
+
+        # Same shapes and order as keras.layers.MultiHeadAttention.get_weights().
+        self.query_kernel = weight("query_kernel", (dim, heads, head_dim), self.kernel_initializer)
+        self.query_bias = weight("query_bias", (heads, head_dim), "zeros")
+        self.key_kernel = weight("key_kernel", (dim, heads, head_dim), self.kernel_initializer)
+        self.key_bias = weight("key_bias", (heads, head_dim), "zeros")
+        self.value_kernel = weight("value_kernel", (dim, heads, head_dim), self.kernel_initializer)
+        self.value_bias = weight("value_bias", (heads, head_dim), "zeros")
+        self.output_kernel = weight("output_kernel", (heads, head_dim, dim), self.output_initializer)
+        self.output_bias = weight("output_bias", (dim,), "zeros")
+        self.built = True
+
+    def _project(self, x, kernel, bias):
+        # (batch, seq, dim) x (dim, heads, head_dim) -> (batch, seq, heads, head_dim)
+        kernel = ops.cast(kernel, self.compute_dtype)
+        return ops.einsum("bsd,dhk->bshk", x, kernel) + ops.cast(bias, self.compute_dtype)
+
+    def call(
+        self,
+        query,
+        value,
+        key=None,
+        attention_mask=None,
+        return_attention_scores=False,
+        use_causal_mask=False,
+        training=None,
+    ):
+        key = value if key is None else key
+        # Steps 1-2: project and split into heads.
+        q = self._project(query, self.query_kernel, self.query_bias)  # (batch, T, heads, head_dim)
+        k = self._project(key, self.key_kernel, self.key_bias)  # (batch, S, heads, head_dim)
+        v = self._project(value, self.value_kernel, self.value_bias)  # (batch, S, heads, head_dim)
+
+        # Step 3: scaled dot products between every query and every key.
+        q = q * ops.cast(1.0 / (self.key_dim**0.5), q.dtype)
+        scores = ops.einsum("bthk,bshk->bhts", q, k)  # (batch, heads, T, S)
+
+        # Step 4: mask. True means "may attend"; the rest get a large negative score.
+        mask = attention_mask
+        if use_causal_mask:
+            causal = causal_mask(ops.shape(query)[1], ops.shape(key)[1])  # (T, S)
+            mask = causal[None] if mask is None else ops.logical_and(mask, causal[None])
+        if mask is not None:
+            mask = ops.cast(mask[:, None, :, :], scores.dtype)  # (batch, 1, T, S)
+            scores = scores + (1.0 - mask) * large_negative(scores.dtype)
+
+        # Step 5: softmax over keys, then the weights sum the values.
+        weights = ops.softmax(scores, axis=-1)  # (batch, heads, T, S)
+        dropped = self._dropout_layer(weights, training=training)
+        context = ops.einsum("bhts,bshk->bthk", dropped, v)  # (batch, T, heads, head_dim)
+
+        # Step 6: concatenate the heads and project: the output kernel sums over both.
+        kernel = ops.cast(self.output_kernel, self.compute_dtype)
+        output = ops.einsum("bthk,hkd->btd", context, kernel)
+        output = output + ops.cast(self.output_bias, self.compute_dtype)  # (batch, T, dim)
+        if return_attention_scores:
+            return output, weights
+        return output
+
+    def compute_output_shape(self, query_shape, value_shape=None, key_shape=None):
+        return query_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            num_heads=self.num_heads,
+            key_dim=self.key_dim,
+            dropout=self.dropout,
+            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+            output_initializer=keras.initializers.serialize(self.output_initializer),
+        )
+        return config

@@ -1,0 +1,169 @@
+"""The pre-layer-norm Transformer block."""
+
+import keras
+from keras import ops
+
+from keras_llm.layers.attention import ExplicitMultiHeadAttention, causal_mask
+from keras_llm.layers.initializers import kernel_initializer, residual_initializer
+
+ATTENTION_LAYERS = {
+    "keras": keras.layers.MultiHeadAttention,
+    "explicit": ExplicitMultiHeadAttention,
+}
+
+
+@keras.saving.register_keras_serializable(package="keras_llm")
+class TransformerBlock(keras.layers.Layer):
+    """Pre-layer-norm Transformer block: `x + attn(norm(x))`, then `x + mlp(norm(x))`.
+
+    Masks: the Keras padding mask of the input (from `TokenAndPositionEmbedding`) keeps
+    attention off padding keys; with `causal=True` no position sees a later one.
+
+    Args:
+        num_heads: int. Attention heads; must divide the input width.
+        intermediate_dim: int. Width of the feed-forward layer.
+        dropout: float. Dropout on attention weights and on both residual branches.
+            Defaults to `0.0`.
+        activation: str. Feed-forward activation. Defaults to `"gelu"`.
+        attention: str. `"keras"` for `keras.layers.MultiHeadAttention`, `"explicit"` for
+            `ExplicitMultiHeadAttention`. Defaults to `"keras"`.
+        initializer: str. `"glorot_uniform"`, `"he_normal"` or `"gpt2"`. Defaults to `"gpt2"`.
+        num_layers: int. Depth of the whole stack, used by `"gpt2"` to scale the residual
+            projections. Defaults to `1`.
+        causal: bool. Apply the causal mask. Defaults to `True`.
+        layer_norm_epsilon: float. Defaults to `1e-5`.
+
+    Call arguments:
+        x: `(batch, seq, hidden_dim)`.
+        mask: optional bool `(batch, seq)`, True at real tokens; Keras passes it for you.
+        return_attention_scores: bool. Also return `(batch, heads, seq, seq)` weights.
+    """
+
+    def __init__(
+        self,
+        num_heads,
+        intermediate_dim,
+        dropout=0.0,
+        activation="gelu",
+        attention="keras",
+        initializer="gpt2",
+        num_layers=1,
+        causal=True,
+        layer_norm_epsilon=1e-5,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if attention not in ATTENTION_LAYERS:
+            raise ValueError(
+                f"attention must be one of {sorted(ATTENTION_LAYERS)}. Received "
+                f"attention={attention!r}."
+            )
+        self.num_heads = num_heads
+        self.intermediate_dim = intermediate_dim
+        self.dropout = dropout
+        self.activation = activation
+        self.attention = attention
+        self.initializer = initializer
+        self.num_layers = num_layers
+        self.causal = causal
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.supports_masking = True
+
+    def build(self, input_shape):
+        hidden_dim = input_shape[-1]
+        if hidden_dim % self.num_heads:
+            raise ValueError(
+                f"The input width {hidden_dim} is not divisible by num_heads={self.num_heads}."
+            )
+        norm = dict(epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy)
+        self.attention_norm = keras.layers.LayerNormalization(name="attention_norm", **norm)
+        self.attention_norm.build(input_shape)
+        self.attention_layer = ATTENTION_LAYERS[self.attention](
+            num_heads=self.num_heads,
+            key_dim=hidden_dim // self.num_heads,
+            dropout=self.dropout,
+            kernel_initializer=kernel_initializer(self.initializer),
+            name="attention",
+            dtype=self.dtype_policy,
+        )
+        self.attention_layer.build(input_shape, input_shape)
+        # The output projection writes into the residual stream (GPT-2 scales it down).
+        out_kernel = self._attention_output_kernel()
+        out_kernel.assign(
+            residual_initializer(self.initializer, self.num_layers)(out_kernel.shape)
+        )
+        self.feedforward_norm = keras.layers.LayerNormalization(name="feedforward_norm", **norm)
+        self.feedforward_norm.build(input_shape)
+        self.feedforward_intermediate = keras.layers.Dense(
+            self.intermediate_dim,
+            activation=self.activation,
+            kernel_initializer=kernel_initializer(self.initializer),
+            name="feedforward_intermediate",
+            dtype=self.dtype_policy,
+        )
+        self.feedforward_intermediate.build(input_shape)
+        self.feedforward_output = keras.layers.Dense(
+            hidden_dim,
+            kernel_initializer=residual_initializer(self.initializer, self.num_layers),
+            name="feedforward_output",
+            dtype=self.dtype_policy,
+        )
+        self.feedforward_output.build(tuple(input_shape[:-1]) + (self.intermediate_dim,))
+        self.residual_dropout = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
+        self.built = True
+
+    def _attention_output_kernel(self):
+        if isinstance(self.attention_layer, ExplicitMultiHeadAttention):
+            return self.attention_layer.output_kernel
+        return self.attention_layer.output_dense.kernel
+
+    def _attention_mask(self, x, mask):
+        """Bool `(batch, seq, seq)` (or `None`): causal and not a padding key."""
+        if mask is None:
+            return None
+        seq = ops.shape(x)[1]
+        attention_mask = ops.cast(mask, "bool")[:, None, :]  # (batch, 1, seq)
+        if self.causal:
+            attention_mask = ops.logical_and(attention_mask, causal_mask(seq, seq)[None])
+        return attention_mask
+
+    def call(self, x, mask=None, training=None, return_attention_scores=False):
+        attention_mask = self._attention_mask(x, mask)
+        h = self.attention_norm(x)
+        attended = self.attention_layer(
+            h,
+            h,
+            attention_mask=attention_mask,
+            # Without padding the causal mask alone lets Keras take its fused causal path.
+            use_causal_mask=self.causal and attention_mask is None,
+            return_attention_scores=return_attention_scores,
+            training=training,
+        )
+        if return_attention_scores:
+            attended, scores = attended
+        x = x + self.residual_dropout(attended, training=training)
+
+        h = self.feedforward_norm(x)
+        h = self.feedforward_output(self.feedforward_intermediate(h))
+        x = x + self.residual_dropout(h, training=training)
+        if return_attention_scores:
+            return x, scores
+        return x
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            num_heads=self.num_heads,
+            intermediate_dim=self.intermediate_dim,
+            dropout=self.dropout,
+            activation=self.activation,
+            attention=self.attention,
+            initializer=self.initializer,
+            num_layers=self.num_layers,
+            causal=self.causal,
+            layer_norm_epsilon=self.layer_norm_epsilon,
+        )
+        return config
