@@ -397,7 +397,13 @@ class GradientClipping(keras.callbacks.Callback):
         summed = present
         context = tf.distribute.get_replica_context()
         if context is not None and context.num_replicas_in_sync > 1:
-            summed = context.all_reduce(tf.distribute.ReduceOp.SUM, present)
+            # Sparse embedding gradients differ in row count between replicas (different
+            # tokens, a short last batch), which a collective cannot sum: densify first.
+            dense = [
+                tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
+                for g in present
+            ]
+            summed = context.all_reduce(tf.distribute.ReduceOp.SUM, dense)
         norm = tf.sqrt(tf.add_n([_squared_norm(g) for g in summed]))
         if loss_scale_factor is not None:
             norm = norm / loss_scale_factor

@@ -1,19 +1,286 @@
-"""`keras-llm` command line: thin; parses arguments and calls the public API."""
+"""`keras-llm` command line (also `python -m keras_llm`).
+
+Thin: it parses arguments, builds configs from presets (plus an optional JSON file and flags)
+and calls the public API. Bad arguments print one `keras-llm: error: ...` line and exit 2.
+"""
 
 import argparse
+import dataclasses
+import json
+import os
 import sys
+import time
 
 import keras_llm
+from keras_llm.config import ModelConfig, TrainConfig
+
+EXAMPLES = (
+    "A gripping, beautifully acted film that stays with you long after the credits.",
+    "A tedious mess: flat jokes, wooden acting and a plot that goes nowhere.",
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        raise SystemExit(2)
+
+
+class UsageError(ValueError):
+    """A bad command-line value; printed as one line, exit code 2."""
+
+
+def _configs(args, default_train_preset):
+    """ModelConfig and TrainConfig from presets, then `--config` JSON, then flags."""
+    try:
+        return _build_configs(args, default_train_preset)
+    except ValueError as error:  # a config value out of range: the message names it
+        raise UsageError(str(error)) from None
+
+
+def _build_configs(args, default_train_preset):
+    model = ModelConfig.preset(args.preset)
+    train = TrainConfig.preset(args.train_preset or default_train_preset)
+    if args.config:
+        try:
+            with open(args.config) as f:
+                overrides = json.load(f)
+        except (OSError, json.JSONDecodeError) as error:
+            raise UsageError(f"cannot read --config {args.config!r}: {error}") from None
+        unknown = sorted(set(overrides) - {"model", "train"})
+        if unknown:
+            raise UsageError(
+                f"--config file has unknown top-level keys {unknown}; use {{'model': {{...}}, "
+                "'train': {...}}} with ModelConfig / TrainConfig fields"
+            )
+        model = ModelConfig.from_dict({**model.to_dict(), **overrides.get("model", {})})
+        train = TrainConfig.from_dict({**train.to_dict(), **overrides.get("train", {})})
+    flags = {"seed": args.seed, "strategy": args.strategy, "precision": args.precision}
+    if getattr(args, "steps", None) is not None:
+        flags["pretrain_steps"] = args.steps
+    if getattr(args, "epochs", None) is not None:
+        flags["finetune_epochs"] = args.epochs
+    train = dataclasses.replace(train, **{k: v for k, v in flags.items() if v is not None})
+    return model, train
+
+
+def _add_common(parser, default_run_dir):
+    parser.add_argument("--run-dir", default=default_run_dir, help="output directory")
+    parser.add_argument("--preset", default="small", choices=sorted(ModelConfig.PRESETS),
+                        help="model size preset (default: small)")
+    parser.add_argument("--train-preset", choices=sorted(TrainConfig.PRESETS),
+                        help="training preset (default: as the command says)")
+    parser.add_argument("--config", help="JSON file: {'model': {...}, 'train': {...}} overrides")
+    parser.add_argument("--seed", type=int, help="random seed")
+    parser.add_argument("--strategy", choices=["default", "mirrored", "multi_worker"],
+                        help="tf.distribute strategy")
+    parser.add_argument("--precision", choices=["float32", "mixed_bfloat16"])
+    parser.add_argument("--data-dir", help="tensorflow-datasets directory")
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="keras-llm",
         description="Pretrain, fine-tune, evaluate and export keras_llm Transformers.",
     )
     parser.add_argument("--version", action="version", version=keras_llm.__version__)
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    quick = sub.add_parser(
+        "quickstart",
+        help="the whole job offline: tokenizer, pretrain, fine-tune, evaluate, export, serve",
+    )
+    quick.add_argument("--quick", action="store_true",
+                       help="a short run (about 2 minutes) for CI and smoke tests")
+    _add_common(quick, "runs/quickstart")
+
+    pre = sub.add_parser("pretrain", help="pretrain a causal language model")
+    pre.add_argument("--dataset", default="keras_llm_corpus", help="pretraining data set name")
+    pre.add_argument("--steps", type=int, help="optimizer steps (overrides the preset)")
+    _add_common(pre, "runs/pretrain")
+
+    fine = sub.add_parser("finetune", help="fine-tune a classifier (pretrained or from scratch)")
+    fine.add_argument("--dataset", default="rotten_tomatoes", help="classification data set")
+    fine.add_argument("--pretrained", help="pretraining run directory (omit: from scratch)")
+    fine.add_argument("--epochs", type=int, help="fine-tuning epochs")
+    fine.add_argument("--pooling", default="mean", choices=["mean", "last"])
+    _add_common(fine, "runs/finetune")
+
+    ev = sub.add_parser("evaluate", help="accuracy, precision, recall, F1 of a fine-tuning run")
+    ev.add_argument("run_dir", help="fine-tuning run directory")
+    ev.add_argument("--split", default="test", help="split to evaluate (default: test)")
+    ev.add_argument("--data-dir", help="tensorflow-datasets directory")
+
+    ex = sub.add_parser("export", help="SavedModels (raw strings in), int8 and TFLite variants")
+    ex.add_argument("run_dir", help="fine-tuning (or pretraining) run directory")
+    ex.add_argument("--output-dir", help="default: RUN_DIR/export")
+    ex.add_argument("--split", default="test", help="split to measure F1 on (default: test)")
+    ex.add_argument("--data-dir", help="tensorflow-datasets directory")
+    ex.add_argument("--no-quantize", action="store_true", help="skip the int8 variants")
+    ex.add_argument("--no-tflite", action="store_true", help="skip the TFLite files")
+
+    gen = sub.add_parser("generate", help="continue prompts with a pretraining run's model")
+    gen.add_argument("run_dir", help="pretraining run directory")
+    gen.add_argument("prompts", nargs="+", help="one or more prompts")
+    gen.add_argument("--max-new-tokens", type=int, default=48)
+    gen.add_argument("--sampler", default="top_p",
+                     choices=["greedy", "random", "top_k", "top_p"])
+    gen.add_argument("--temperature", type=float, default=0.8)
+    gen.add_argument("--top-k", type=int, default=40)
+    gen.add_argument("--top-p", type=float, default=0.9)
+    gen.add_argument("--seed", type=int, default=0)
     return parser
+
+
+def _print_table(rows, headers):
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
+    line = "  ".join(f"{{:<{w}}}" for w in widths)
+    print(line.format(*headers))
+    print(line.format(*("-" * w for w in widths)))
+    for row in rows:
+        print(line.format(*row))
+
+
+def _format_metrics(metrics):
+    return {k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in metrics.items()}
+
+
+def cmd_pretrain(args):
+    from keras_llm import training
+
+    model, train = _configs(args, "small")
+    result = training.pretrain(model, train, data=args.dataset, run_dir=args.run_dir,
+                               data_dir=args.data_dir)
+    _print_table(sorted(_format_metrics(result.metrics).items()), ["metric", "value"])
+    print(f"\nPretraining run written to {os.path.abspath(result.run_dir)}")
+    return 0
+
+
+def cmd_finetune(args):
+    from keras_llm import training
+
+    model, train = _configs(args, "small")
+    result = training.finetune(
+        train, data=args.dataset, run_dir=args.run_dir, pretrained=args.pretrained,
+        model_config=None if args.pretrained else model, data_dir=args.data_dir,
+        pooling=args.pooling,
+    )
+    _print_table(sorted(_format_metrics(result.metrics).items()), ["metric", "value"])
+    print(f"\nFine-tuning run written to {os.path.abspath(result.run_dir)}")
+    return 0
+
+
+def cmd_evaluate(args):
+    from keras_llm import evaluation
+
+    metrics, report = evaluation.evaluate_run(
+        args.run_dir, split=args.split, data_dir=args.data_dir
+    )
+    print(evaluation.format_report(report))
+    print()
+    _print_table(sorted(_format_metrics(metrics).items()), ["model.evaluate", "value"])
+    return 0
+
+
+def _print_export_report(report):
+    rows = []
+    evaluation = report.get("evaluation", {})
+    for name, size in report["sizes"].items():
+        measured = evaluation.get(name, {})
+        f1 = measured.get("macro_f1")
+        rows.append((name, f"{size / 1e6:.2f} MB", "" if f1 is None else f"{f1:.4f}"))
+    _print_table(rows, ["artifact", "size", "macro-F1"])
+
+
+def cmd_export(args):
+    from keras_llm import export
+
+    report = export.export_all(
+        args.run_dir, output_dir=args.output_dir, split=args.split, data_dir=args.data_dir,
+        quantize=not args.no_quantize, tflite=not args.no_tflite,
+    )
+    _print_export_report(report)
+    print(f"\nWritten to {os.path.abspath(report['output_dir'])}")
+    return 0
+
+
+def cmd_generate(args):
+    from keras_llm import training
+
+    model = training.load_run(args.run_dir)
+    if not hasattr(model, "generate"):
+        raise UsageError(f"{args.run_dir!r} holds a classifier; generate needs a pretraining run")
+    texts = model.generate(
+        args.prompts, max_new_tokens=args.max_new_tokens, sampler=args.sampler,
+        temperature=args.temperature, top_k=args.top_k if args.sampler == "top_k" else None,
+        top_p=args.top_p if args.sampler == "top_p" else None, seed=args.seed,
+    )
+    for text in texts:
+        print(text)
+        print("---")
+    return 0
+
+
+def cmd_quickstart(args):
+    from keras_llm import export, training
+
+    start = time.perf_counter()
+    model, train = _configs(args, "quick" if args.quick else "small")
+    pretrain_dir = os.path.join(args.run_dir, "pretrain")
+    finetune_dir = os.path.join(args.run_dir, "finetune")
+    export_dir = os.path.join(finetune_dir, "export")
+    print(f"keras_llm quickstart ({'quick' if args.quick else 'full'}): model preset "
+          f"{args.preset!r}, {train.pretrain_steps} pretraining steps, "
+          f"{train.finetune_epochs} fine-tuning epoch(s), precision {train.precision}")
+
+    print("\n[1/4] Pretraining a causal LM on keras_llm_corpus (tokenizer trained first)")
+    pre = training.pretrain(model, train, data="keras_llm_corpus", run_dir=pretrain_dir,
+                            data_dir=args.data_dir, verbose=2)
+    print("\n[2/4] Fine-tuning a sentiment classifier on rotten_tomatoes")
+    fine = training.finetune(train, data="rotten_tomatoes", run_dir=finetune_dir,
+                             pretrained=pretrain_dir, data_dir=args.data_dir, verbose=2)
+    print("\n[3/4] Exporting SavedModels that take raw strings (float, int8) and TFLite")
+    report = export.export_all(finetune_dir, output_dir=export_dir, data_dir=args.data_dir,
+                               quantize=not args.quick, tflite=not args.quick)
+    _print_export_report(report)
+    saved_model = report["artifacts"]["classifier"]
+    print("\n[4/4] Reloading the SavedModel and classifying two sentences")
+    import tensorflow as tf
+    import tensorflow_text  # noqa: F401  (registers the tokenizer's ops for the reload)
+
+    served = tf.saved_model.load(saved_model).signatures["serving_default"]
+    outputs = served(text=tf.constant(EXAMPLES))
+    for text, label, probabilities in zip(
+        EXAMPLES, outputs["label"].numpy(), outputs["probabilities"].numpy()
+    ):
+        print(f"  {label.decode():>6}  p={probabilities.max():.3f}  {text}")
+
+    print("\nSummary")
+    rows = [
+        ("pretrain", f"{pre.seconds:.0f}s", "validation perplexity",
+         f"{pre.metrics.get('validation_perplexity', float('nan')):.1f}"),
+        ("finetune", f"{fine.seconds:.0f}s", "test accuracy",
+         f"{fine.metrics['test_accuracy']:.4f}"),
+        ("", "", "test precision (macro)", f"{fine.metrics['test_precision']:.4f}"),
+        ("", "", "test recall (macro)", f"{fine.metrics['test_recall']:.4f}"),
+        ("", "", "test F1 (macro)", f"{fine.metrics['test_f1']:.4f}"),
+    ]
+    _print_table(rows, ["stage", "time", "metric", "value"])
+    print(f"\nTotal {time.perf_counter() - start:.0f}s. Written:")
+    print(f"  pretraining run   {os.path.abspath(pretrain_dir)}")
+    print(f"  fine-tuning run   {os.path.abspath(finetune_dir)}")
+    print(f"  SavedModel        {os.path.abspath(saved_model)}")
+    return 0
+
+
+COMMANDS = {
+    "quickstart": cmd_quickstart,
+    "pretrain": cmd_pretrain,
+    "finetune": cmd_finetune,
+    "evaluate": cmd_evaluate,
+    "export": cmd_export,
+    "generate": cmd_generate,
+}
 
 
 def main(argv=None):
@@ -22,7 +289,14 @@ def main(argv=None):
     if args.command is None:
         parser.print_help()
         return 2
-    return 0
+    try:
+        return COMMANDS[args.command](args)
+    except (UsageError, FileNotFoundError) as error:
+        sys.stderr.write(f"keras-llm {args.command}: error: {error}\n")
+        return 2
+    except FloatingPointError as error:  # training.TrainingDivergedError
+        sys.stderr.write(f"keras-llm {args.command}: {error}\n")
+        return 1
 
 
 if __name__ == "__main__":

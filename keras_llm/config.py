@@ -185,6 +185,8 @@ class TrainConfig(_PresetMixin):
         pretrain_learning_rate: float. Peak learning rate of pretraining. Defaults to `1e-3`.
         finetune_epochs: int. Epochs of classifier fine-tuning. Defaults to `4`.
         finetune_learning_rate: float. Peak learning rate of fine-tuning. Defaults to `3e-4`.
+        finetune_steps_per_epoch: int. Steps per fine-tuning epoch; 0 means one pass over
+            the training split. Defaults to `0`.
         freeze_backbone_epochs: int. Fine-tuning epochs that train only the head first.
             Defaults to `0`.
         classifier_sequence_length: int. Tokens kept per classification example; short
@@ -212,6 +214,7 @@ class TrainConfig(_PresetMixin):
     pretrain_learning_rate: float = 1e-3
     finetune_epochs: int = 4
     finetune_learning_rate: float = 3e-4
+    finetune_steps_per_epoch: int = 0
     freeze_backbone_epochs: int = 0
     classifier_sequence_length: int = 64
     warmup_fraction: float = 0.05
@@ -242,6 +245,13 @@ class TrainConfig(_PresetMixin):
             value = getattr(self, name)
             if not value > 0:
                 raise ValueError(f"TrainConfig.{name} must be > 0. Received {name}={value!r}.")
+        if isinstance(self.finetune_steps_per_epoch, bool) or not isinstance(
+            self.finetune_steps_per_epoch, int
+        ) or self.finetune_steps_per_epoch < 0:
+            raise ValueError(
+                "TrainConfig.finetune_steps_per_epoch must be an integer >= 0 (0: whole split). "
+                f"Received finetune_steps_per_epoch={self.finetune_steps_per_epoch!r}."
+            )
         if not 0 <= self.freeze_backbone_epochs <= self.finetune_epochs:
             raise ValueError(
                 "TrainConfig.freeze_backbone_epochs must be between 0 and finetune_epochs "
@@ -271,7 +281,7 @@ TrainConfig.PRESETS = {
         precision="float32",
     ),
     # `keras-llm quickstart --quick`, CI: about two minutes on 2 CPU cores.
-    "quick": TrainConfig(pretrain_steps=60, finetune_epochs=1),
+    "quick": TrainConfig(pretrain_steps=30, finetune_epochs=1, finetune_steps_per_epoch=80),
     # `keras-llm quickstart`: about ten minutes on 2 CPU cores.
     "small": TrainConfig(),
 }

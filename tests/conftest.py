@@ -22,3 +22,31 @@ def _seed_and_policy():
 @pytest.fixture
 def tiny_config():
     return keras_llm.ModelConfig.preset("tiny")
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """A tensorflow-datasets directory with both offline builders prepared (about 2 s)."""
+    from keras_llm import data
+
+    directory = str(tmp_path_factory.mktemp("tfds"))
+    data.load_text_classification("rotten_tomatoes", "train", directory)
+    data.load_pretraining_text("keras_llm_corpus", "train", directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def pretrained_run(data_dir, tmp_path_factory):
+    """A tiny pretraining run directory (tokenizer, backbone, causal LM), built once."""
+    from keras_llm import ModelConfig, TrainConfig, training
+
+    run_dir = str(tmp_path_factory.mktemp("pretrain"))
+    training.pretrain(
+        ModelConfig.preset("tiny", vocabulary_size=512),
+        TrainConfig.preset("tiny", pretrain_steps=12),
+        run_dir=run_dir,
+        data_dir=data_dir,
+        steps_per_epoch=4,
+        verbose=0,
+    )
+    return run_dir

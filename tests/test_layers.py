@@ -5,8 +5,8 @@ import math
 import keras
 import numpy as np
 import pytest
-
 from helpers import assert_keras_round_trip
+
 from keras_llm.layers import (
     ExplicitMultiHeadAttention,
     TokenAndPositionEmbedding,

@@ -5,8 +5,8 @@ import math
 import keras
 import numpy as np
 import pytest
-
 from helpers import assert_keras_round_trip
+
 from keras_llm import ModelConfig
 from keras_llm.models import CausalLM, Classifier, TransformerBackbone, founding_example
 
@@ -163,3 +163,14 @@ def test_attention_scores_for_interpretability(tiny_config):
     np.testing.assert_allclose(s.sum(-1), 1.0, atol=1e-5)
     assert s[0, :, 1, 2].max() < 1e-6  # causal: position 1 never sees position 2
     assert s[0, :, 2, 3].max() < 1e-6 and s[0, :, :, 3].max() < 1e-6  # padding key
+
+
+def test_an_attached_tokenizer_is_not_saved_with_the_model(tiny_config, tmp_path):
+    from keras_llm.data import Tokenizer
+
+    lm = CausalLM(TransformerBackbone(tiny_config))
+    lm.tokenizer = Tokenizer(["[PAD]", "[UNK]", "[BOS]", "[EOS]", "a", "b"])
+    ids = _ids(batch=2, seq=5)
+    reloaded = assert_keras_round_trip(lm, ids, tmp_path)
+    assert reloaded.tokenizer is None and lm.tokenizer is not None
+    assert len(reloaded.weights) == len(lm.weights)

@@ -91,7 +91,9 @@ class ExplicitMultiHeadAttention(keras.layers.Layer):
         self.key_bias = weight("key_bias", (heads, head_dim), "zeros")
         self.value_kernel = weight("value_kernel", (dim, heads, head_dim), self.kernel_initializer)
         self.value_bias = weight("value_bias", (heads, head_dim), "zeros")
-        self.output_kernel = weight("output_kernel", (heads, head_dim, dim), self.output_initializer)
+        self.output_kernel = weight(
+            "output_kernel", (heads, head_dim, dim), self.output_initializer
+        )
         self.output_bias = weight("output_bias", (dim,), "zeros")
         self.built = True
 
@@ -155,3 +157,67 @@ class ExplicitMultiHeadAttention(keras.layers.Layer):
             output_initializer=keras.initializers.serialize(self.output_initializer),
         )
         return config
+
+
+def cached_attention(layer, query, key_cache, value_cache, cache_index, attention_mask):
+    """Attention of new positions against a key/value cache (the fast decoding path).
+
+    Projects `query` with `layer`'s own weights, writes the new keys and values into the
+    caches at slots `[cache_index, cache_index + T)`, then lets every new query attend to the
+    whole cache under `attention_mask`. Decoding one token therefore costs one position's
+    projections plus one row of scores, instead of re-running the whole prefix.
+
+    Works for `ExplicitMultiHeadAttention` and for `keras.layers.MultiHeadAttention` (through
+    its public `query_dense`, `key_dense`, `value_dense` and `output_dense` sublayers), and
+    gives the same numbers as their ordinary `call` (up to float rounding). No dropout: this
+    path is for inference. The caches are laid out heads-first, `(batch, heads, S, head_dim)`,
+    so that both attention products read them without a transpose.
+
+    Args:
+        layer: a built `ExplicitMultiHeadAttention` or `keras.layers.MultiHeadAttention`.
+        query: `(batch, T, dim)` the new positions (already layer-normed by the block).
+        key_cache: `(batch, heads, S, head_dim)` keys of the cache slots.
+        value_cache: `(batch, heads, S, head_dim)` values of the cache slots.
+        cache_index: int scalar (tensor): the slot of the first new position.
+        attention_mask: bool `(batch, T, S)`: True where a new query may attend a slot.
+            Slots not yet written must be False.
+
+    Returns:
+        `(output (batch, T, dim), key_cache, value_cache)` with the new keys and values
+        written in.
+    """
+    if isinstance(layer, ExplicitMultiHeadAttention):
+        q = layer._project(query, layer.query_kernel, layer.query_bias)
+        k = layer._project(query, layer.key_kernel, layer.key_bias)
+        v = layer._project(query, layer.value_kernel, layer.value_bias)
+    else:
+        q = layer.query_dense(query)  # (batch, T, heads, head_dim)
+        k = layer.key_dense(query)
+        v = layer.value_dense(query)
+    # Write slots [cache_index, cache_index + T) of every (batch, head): a scatter, which
+    # TensorFlow runs natively (a dynamic_update_slice outside XLA costs a compile call).
+    batch, heads, new = ops.shape(k)[0], ops.shape(k)[2], ops.shape(k)[1]
+    where = ops.stack(
+        ops.meshgrid(
+            ops.arange(batch), ops.arange(heads), cache_index + ops.arange(new), indexing="ij"
+        ),
+        axis=-1,
+    )  # (batch, heads, T, 3)
+    k = ops.cast(ops.transpose(k, (0, 2, 1, 3)), key_cache.dtype)  # (batch, heads, T, head_dim)
+    v = ops.cast(ops.transpose(v, (0, 2, 1, 3)), value_cache.dtype)
+    key_cache = ops.scatter_update(key_cache, where, k)
+    value_cache = ops.scatter_update(value_cache, where, v)
+
+    q = q * ops.cast(1.0 / (layer.key_dim**0.5), q.dtype)
+    scores = ops.einsum("bthk,bhsk->bhts", q, key_cache)  # (batch, heads, T, S)
+    scores = ops.where(attention_mask[:, None], scores, large_negative(scores.dtype))
+    weights = ops.softmax(scores, axis=-1)
+    context = ops.einsum("bhts,bhsk->bthk", weights, value_cache)  # (batch, T, heads, head_dim)
+
+    if isinstance(layer, ExplicitMultiHeadAttention):
+        kernel = ops.cast(layer.output_kernel, layer.compute_dtype)
+        output = ops.einsum("bthk,hkd->btd", context, kernel)
+        output = output + ops.cast(layer.output_bias, layer.compute_dtype)
+    else:
+        output = layer.output_dense(context)  # (batch, T, dim)
+    return output, key_cache, value_cache

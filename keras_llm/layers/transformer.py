@@ -3,7 +3,11 @@
 import keras
 from keras import ops
 
-from keras_llm.layers.attention import ExplicitMultiHeadAttention, causal_mask
+from keras_llm.layers.attention import (
+    ExplicitMultiHeadAttention,
+    cached_attention,
+    causal_mask,
+)
 from keras_llm.layers.initializers import kernel_initializer, residual_initializer
 
 ATTENTION_LAYERS = {
@@ -37,6 +41,9 @@ class TransformerBlock(keras.layers.Layer):
         x: `(batch, seq, hidden_dim)`.
         mask: optional bool `(batch, seq)`, True at real tokens; Keras passes it for you.
         return_attention_scores: bool. Also return `(batch, heads, seq, seq)` weights.
+
+    For fast decoding, `call_cached` runs the same block on new positions only, against a
+    key/value cache (see `keras_llm.models.generation`).
     """
 
     def __init__(
@@ -149,6 +156,32 @@ class TransformerBlock(keras.layers.Layer):
         if return_attention_scores:
             return x, scores
         return x
+
+    def call_cached(self, x, key_cache, value_cache, cache_index, attention_mask):
+        """The block on new positions only, reading and extending a key/value cache.
+
+        Same weights and the same numbers as `call` (inference: no dropout), but attention
+        runs against the cache, so a decoding step costs one position's work.
+
+        Args:
+            x: `(batch, T, hidden_dim)` hidden states of the new positions.
+            key_cache: `(batch, heads, S, head_dim)` this block's cached keys.
+            value_cache: `(batch, heads, S, head_dim)` this block's cached values.
+            cache_index: int scalar (tensor): cache slot of the first new position.
+            attention_mask: bool `(batch, T, S)`: True where a new position may attend a
+                slot (the caller encodes causality and padding here, once for all blocks).
+
+        Returns:
+            `(x (batch, T, hidden_dim), key_cache, value_cache)`.
+        """
+        h = self.attention_norm(x)
+        attended, key_cache, value_cache = cached_attention(
+            self.attention_layer, h, key_cache, value_cache, cache_index, attention_mask
+        )
+        x = x + attended
+        h = self.feedforward_norm(x)
+        x = x + self.feedforward_output(self.feedforward_intermediate(h))
+        return x, key_cache, value_cache
 
     def compute_output_shape(self, input_shape):
         return input_shape

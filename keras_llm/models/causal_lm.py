@@ -2,6 +2,7 @@
 
 import keras
 
+from keras_llm.models import generation
 from keras_llm.models.backbone import TransformerBackbone
 
 
@@ -48,7 +49,19 @@ class CausalLM(keras.Model):
         else:
             logits = self.lm_head(hidden)
         super().__init__(inputs=token_ids, outputs=logits, **kwargs)
-        self.tokenizer = None  # attached by training/loading code; strings in, strings out
+
+    @property
+    def tokenizer(self):
+        """The `keras_llm.data.Tokenizer` that `generate` uses for strings, or `None`.
+
+        Attached by training and loading code. Kept out of Keras' layer tracking, so a
+        model with a tokenizer attached saves and reloads like one without.
+        """
+        return self.__dict__.get("_attached_tokenizer")
+
+    @tokenizer.setter
+    def tokenizer(self, value):
+        self.__dict__["_attached_tokenizer"] = value
 
     def compile(self, optimizer="adam", loss=None, metrics=None, **kwargs):
         """`keras.Model.compile` with the padding-ignoring token cross-entropy as default."""
@@ -63,6 +76,64 @@ class CausalLM(keras.Model):
         self.compile(**config)
         if self.built and getattr(self, "optimizer", None) is not None:
             self.optimizer.build(self.trainable_variables)
+
+    def generate(
+        self,
+        prompts,
+        max_new_tokens=64,
+        sampler="greedy",
+        temperature=1.0,
+        top_k=None,
+        top_p=None,
+        seed=None,
+        stop_at_end=True,
+    ):
+        """Continues prompts token by token, with a key/value cache (see `generation`).
+
+        Strings in, strings out when `self.tokenizer` is set (each prompt is `[BOS]` + its
+        tokens); token ids in, token ids out otherwise. Every output is the prompt followed
+        by its continuation (the prompt as the tokenizer gives it back: lowercased and with
+        spaced punctuation for an uncased WordPiece tokenizer). Prompts of different lengths
+        are decoded in one batch.
+
+        Args:
+            prompts: a string or a list of strings (needs `self.tokenizer`); or token ids:
+                a list of ints (one prompt), a list of int lists, a 1-D int array, or a 2-D
+                int array `(batch, width)` whose trailing zeros are padding.
+            max_new_tokens: int. New tokens per prompt; the longest prompt plus
+                `max_new_tokens` must fit in `sequence_length`. Defaults to `64`.
+            sampler: str. `"greedy"`, `"random"` (softmax of `logits / temperature`),
+                `"top_k"` (needs `top_k`) or `"top_p"` (needs `top_p`, optional `top_k`).
+                Defaults to `"greedy"`.
+            temperature: float > 0. Divides the logits before sampling. Defaults to `1.0`.
+            top_k: int. Sample among the `top_k` most likely tokens. Defaults to `None`.
+            top_p: float in (0, 1]. Sample in the smallest set of most likely tokens whose
+                probability reaches `top_p`. Defaults to `None`.
+            seed: int. The same seed gives the same text; `None` draws one from Python's
+                `random`. Defaults to `None`.
+            stop_at_end: bool. End a prompt's continuation at the end id (`[EOS]`, kept in
+                id outputs). Defaults to `True`.
+
+        Returns:
+            The same form as `prompts`: str, list of str, list of ids, list of id lists, or
+            an int32 array (2-D outputs right-padded with 0).
+
+        Example:
+        >>> lm.generate([[2, 17, 40], [2, 9]], max_new_tokens=5)  # ids in, ids out
+        >>> lm.tokenizer = tokenizer
+        >>> lm.generate("def fibonacci(n):", max_new_tokens=32, sampler="top_p", top_p=0.9)
+        """
+        return generation.generate(
+            self,
+            prompts,
+            max_new_tokens=max_new_tokens,
+            sampler=sampler,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+            stop_at_end=stop_at_end,
+        )
 
     def get_config(self):
         return {

@@ -86,6 +86,18 @@ class Classifier(keras.Model):
         self.pooling = pooling
         self.dropout = dropout
 
+    @property
+    def tokenizer(self):
+        """The `keras_llm.data.Tokenizer` this classifier was trained with, or `None`.
+
+        Attached by training and loading code, outside Keras' layer tracking.
+        """
+        return self.__dict__.get("_attached_tokenizer")
+
+    @tokenizer.setter
+    def tokenizer(self, value):
+        self.__dict__["_attached_tokenizer"] = value
+
     def get_config(self):
         return {
             "backbone": keras.saving.serialize_keras_object(self.backbone),

@@ -1,0 +1,120 @@
+"""Small timing helpers shared by the benchmark scripts.
+
+- `interleaved_rounds`: run several contenders in alternating order (A, B, C, then C, B, A,
+  ...) so that slow drifts of the machine (other jobs, thermal limits) hit all of them alike.
+- `summarize`: median, min and spread of a list of timings.
+- `matmul_peak_flops`: a measured matrix-multiply peak (FLOP/s) to compute MFU against.
+- `markdown_table`: a table that reads well in a terminal and pastes into a README.
+
+Nothing here imports keras_llm: a benchmark imports keras_llm first (it sets up the backend and
+quiets TensorFlow), then these helpers.
+"""
+
+import gc
+import statistics
+import time
+
+
+def interleaved_rounds(contenders, rounds, run_one):
+    """Runs every contender once per round, alternating the order from round to round.
+
+    Python's garbage collector is paused during the rounds (after one full collection).
+
+    Args:
+        contenders: list of hashable names.
+        rounds: int. Number of rounds.
+        run_one: callable `(name) -> list[float]` (or a float): one measurement of one
+            contender, e.g. the seconds of each of a few training steps.
+
+    Returns:
+        dict `name -> list of floats`, all measurements of that contender, in order.
+    """
+    results = {name: [] for name in contenders}
+    # As `timeit` does: no garbage-collection pauses inside the measurements (a full collection
+    # of a process holding several Keras models takes long enough to distort a step).
+    gc.collect()
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for r in range(rounds):
+            order = contenders if r % 2 == 0 else list(reversed(contenders))
+            for name in order:
+                measured = run_one(name)
+                results[name].extend(
+                    measured if isinstance(measured, (list, tuple)) else [measured]
+                )
+    finally:
+        if was_enabled:
+            gc.enable()
+    return results
+
+
+def summarize(values):
+    """`{"median", "min", "max", "iqr", "n"}` of a non-empty list of numbers."""
+    values = sorted(values)
+    if len(values) >= 4:
+        q = statistics.quantiles(values, n=4)
+        iqr = q[2] - q[0]
+    else:
+        iqr = values[-1] - values[0]
+    return {
+        "median": statistics.median(values),
+        "min": values[0],
+        "max": values[-1],
+        "iqr": iqr,
+        "n": len(values),
+    }
+
+
+def matmul_peak_flops(dtype="float32", size=2048, repeats=10):
+    """Best achieved FLOP/s of `tf.matmul` on two `(size, size)` matrices of `dtype`.
+
+    One warm-up call, then `repeats` timed calls (CPU ops run synchronously in eager mode, and
+    `.numpy()` makes sure the result exists); the fastest call counts, because the question is
+    what the machine can do, not what it did while something else was running.
+    """
+    import tensorflow as tf
+
+    a = tf.random.stateless_normal((size, size), seed=(1, 2), dtype=tf.float32)
+    b = tf.random.stateless_normal((size, size), seed=(3, 4), dtype=tf.float32)
+    a, b = tf.cast(a, dtype), tf.cast(b, dtype)
+    tf.linalg.matmul(a, b).numpy()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        tf.linalg.matmul(a, b).numpy()
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * size**3 / best
+
+
+def format_si(value, unit=""):
+    """`1.23e9` -> `"1.23 G"` + unit."""
+    for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= factor:
+            return f"{value / factor:.2f} {prefix}{unit}"
+    return f"{value:.2f} {unit}"
+
+
+def markdown_table(headers, rows):
+    """A Markdown table with padded columns; columns of numbers are right-aligned."""
+    cells = [[str(c) for c in headers]] + [[str(c) for c in row] for row in rows]
+    columns = list(zip(*cells, strict=True))
+    widths = [max(len(c) for c in column) for column in columns]
+    right = [all(_is_number(c) for c in column[1:]) for column in columns]
+
+    def line(row):
+        parts = [
+            c.rjust(w) if r else c.ljust(w) for c, w, r in zip(row, widths, right, strict=True)
+        ]
+        return "| " + " | ".join(parts) + " |"
+
+    rules = [
+        "-" * (w + 1) + ":" if r else "-" * (w + 2) for w, r in zip(widths, right, strict=True)
+    ]
+    return "\n".join([line(cells[0]), "|" + "|".join(rules) + "|"] + [line(r) for r in cells[1:]])
+
+
+def _is_number(text):
+    """`"1,234"`, `"-0.5"`, `"12.3%"`, or a placeholder `"-"` / `""`."""
+    text = text.lstrip("+-")
+    return text == "" or text[:1].isdigit()

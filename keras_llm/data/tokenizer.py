@@ -1,0 +1,336 @@
+"""A WordPiece tokenizer made of TensorFlow ops, so it runs in tf.data, in Keras models and
+inside exported SavedModels.
+
+The vocabulary is learned by the Hugging Face `tokenizers` WordPiece trainer (installed with
+keras-hub); text is turned into ids by tensorflow-text's `FastWordpieceTokenizer` (greedy
+longest-match-first, as the trainer assumes). Both see exactly the same words, because
+keras_llm splits the text itself (`_split_words`) before handing it to either.
+
+How text becomes words:
+1. bytes that are not valid UTF-8 are replaced by U+FFFD (so no input can make an op fail);
+2. with `lowercase=True`, text is case-folded and accents are stripped (NFD, then marks
+   removed), as in BERT's uncased tokenizers;
+3. words are split at whitespace (any Unicode separator) and control characters, and every
+   punctuation mark and CJK character becomes a word of its own.
+A word longer than 100 bytes, or one the vocabulary cannot spell, becomes `[UNK]`.
+
+A SavedModel holding this tokenizer uses tensorflow-text ops: the serving process must
+`import tensorflow_text` (importing `keras_llm.data` does) before `tf.saved_model.load`.
+"""
+
+import json
+import numbers
+import os
+
+import keras
+import tensorflow as tf
+import tensorflow_text as tf_text
+
+PAD_TOKEN, UNK_TOKEN, START_TOKEN, END_TOKEN = "[PAD]", "[UNK]", "[BOS]", "[EOS]"
+RESERVED_TOKENS = (PAD_TOKEN, UNK_TOKEN, START_TOKEN, END_TOKEN)
+SUFFIX_INDICATOR = "##"
+VOCABULARY_FILE = "vocabulary.txt"
+CONFIG_FILE = "tokenizer.json"
+
+# RE2 patterns, as in BERT (and keras-hub's WordPieceTokenizer).
+_WHITESPACE = r"\s|\p{Z}|\p{Cc}|\p{Cf}"
+_PUNCTUATION = r"[!-/]|[:-@]|[\[-`]|[{-~]|\p{P}"
+_CJK = (
+    r"[\x{4E00}-\x{9FFF}]|[\x{3400}-\x{4DBF}]|[\x{20000}-\x{2A6DF}]|[\x{2A700}-\x{2B73F}]"
+    r"|[\x{2B740}-\x{2B81F}]|[\x{2B820}-\x{2CEAF}]|[\x{F900}-\x{FAFF}]|[\x{2F800}-\x{2FA1F}]"
+)
+_SPLIT_PATTERN = "|".join([_WHITESPACE, _PUNCTUATION, _CJK])
+_KEEP_PATTERN = "|".join([_PUNCTUATION, _CJK])
+
+
+def _split_words(texts, lowercase):
+    """(batch,) tf.string -> (batch, None) ragged tf.string of words."""
+    texts = tf.strings.unicode_transcode(
+        texts, "UTF-8", "UTF-8", errors="replace", replacement_char=0xFFFD
+    )
+    if lowercase:
+        texts = tf_text.case_fold_utf8(texts)
+        texts = tf_text.normalize_utf8(texts, "NFD")
+        texts = tf.strings.regex_replace(texts, r"\p{Mn}", "")
+    return tf_text.regex_split(texts, _SPLIT_PATTERN, _KEEP_PATTERN)
+
+
+def _check_sequence_length(sequence_length):
+    if isinstance(sequence_length, bool) or not isinstance(sequence_length, numbers.Integral):
+        raise ValueError(
+            f"sequence_length must be an int. Received sequence_length={sequence_length!r}."
+        )
+    if sequence_length < 1:
+        raise ValueError(f"sequence_length must be >= 1. Received {sequence_length}.")
+    return int(sequence_length)
+
+
+@keras.saving.register_keras_serializable(package="keras_llm")
+class Tokenizer(keras.layers.Layer):
+    """WordPiece tokenizer with reserved ids `[PAD]`=0, `[UNK]`=1, `[BOS]`=2, `[EOS]`=3.
+
+    Build one with `Tokenizer.train(texts, vocabulary_size)` or `Tokenizer.load(directory)`.
+    Every method is made of TensorFlow ops: call them eagerly, inside `tf.data.Dataset.map`,
+    inside a `tf.function`, or inside a model exported as a SavedModel.
+
+    Args:
+        vocabulary: list of str. WordPiece tokens; the first four must be
+            `["[PAD]", "[UNK]", "[BOS]", "[EOS]"]`, continuation pieces start with `"##"`.
+        lowercase: bool. Case-fold and strip accents before splitting; must match how the
+            vocabulary was trained. Defaults to `True`.
+        **kwargs: Passed to `keras.layers.Layer` (e.g. `name`).
+
+    Example:
+    ```python
+    tokenizer = Tokenizer.train(["a first text", "a second text"], vocabulary_size=64)
+    ids = tokenizer.encode(tf.constant(["a text"]), sequence_length=8)  # (1, 8) int32
+    tokenizer.detokenize(ids)  # [b"a text"]
+    ```
+    """
+
+    pad_id, unk_id, start_id, end_id = 0, 1, 2, 3
+    pad_token, unk_token, start_token, end_token = RESERVED_TOKENS
+
+    def __init__(self, vocabulary, lowercase=True, **kwargs):
+        kwargs.setdefault("trainable", False)
+        super().__init__(**kwargs)
+        vocabulary = [str(token) for token in vocabulary]
+        if tuple(vocabulary[: len(RESERVED_TOKENS)]) != RESERVED_TOKENS:
+            raise ValueError(
+                f"The vocabulary must start with the reserved tokens {list(RESERVED_TOKENS)}. "
+                f"Received the first tokens {vocabulary[: len(RESERVED_TOKENS)]}; build the "
+                "vocabulary with `Tokenizer.train`."
+            )
+        if len(set(vocabulary)) != len(vocabulary):
+            raise ValueError("The vocabulary has duplicate tokens; each token must be unique.")
+        self.vocabulary = vocabulary
+        self.lowercase = bool(lowercase)
+        self.vocabulary_size = len(vocabulary)
+        self._token_ids = {token: i for i, token in enumerate(vocabulary)}
+        self._wordpiece = tf_text.FastWordpieceTokenizer(
+            vocab=vocabulary,
+            suffix_indicator=SUFFIX_INDICATOR,
+            token_out_type=tf.int32,
+            unknown_token=UNK_TOKEN,
+            no_pretokenization=True,  # we split the words ourselves (`_split_words`)
+            support_detokenization=True,
+        )
+        self.built = True  # no weights to create; keras.export.ExportArchive needs it built
+
+    # -- building --------------------------------------------------------------------------
+
+    @classmethod
+    def train(cls, dataset, vocabulary_size, lowercase=True, batch_size=256):
+        """Learns a WordPiece vocabulary from text and returns a tokenizer.
+
+        The words (see the module docstring) are counted with TensorFlow and the vocabulary
+        is learned by the Hugging Face `tokenizers` WordPiece trainer (Rust; a dependency of
+        keras-hub), which takes seconds where the pure-Python tensorflow-text learner behind
+        `keras_hub.tokenizers.compute_word_piece_vocabulary` takes most of a minute and
+        stops short of the size asked. Pieces must occur at least twice to be merged, so a
+        tiny corpus can give fewer tokens than asked: the result's `vocabulary_size` is the
+        real size (never more than asked). Every character of the training text gets a
+        token (unless the size asked is smaller than the alphabet), so `[UNK]` only comes
+        from characters never seen in training and from words over 100 bytes.
+
+        Args:
+            dataset: `tf.data.Dataset` of scalar `tf.string` (one document each), or a list
+                of str.
+            vocabulary_size: int. Largest vocabulary, reserved tokens included.
+            lowercase: bool. Case-fold and strip accents. Defaults to `True`.
+            batch_size: int. Documents split per step while counting words.
+
+        Returns:
+            A `Tokenizer`.
+        """
+        import tokenizers  # Hugging Face tokenizers: only needed to train
+
+        if isinstance(vocabulary_size, bool) or not isinstance(vocabulary_size, numbers.Integral):
+            raise ValueError(f"vocabulary_size must be an int. Received {vocabulary_size!r}.")
+        vocabulary_size = int(vocabulary_size)
+        if vocabulary_size <= len(RESERVED_TOKENS):
+            raise ValueError(
+                f"vocabulary_size must exceed the {len(RESERVED_TOKENS)} reserved tokens. "
+                f"Received vocabulary_size={vocabulary_size}."
+            )
+        if isinstance(dataset, (str, bytes)):
+            dataset = [dataset]
+        if not isinstance(dataset, tf.data.Dataset):
+            dataset = tf.data.Dataset.from_tensor_slices(tf.constant(list(dataset), tf.string))
+        spec = dataset.element_spec
+        if not (
+            isinstance(spec, tf.TensorSpec) and spec.dtype == tf.string and spec.shape.rank == 0
+        ):
+            raise ValueError(
+                "Tokenizer.train needs a tf.data.Dataset of scalar strings (map your data "
+                f"set to its text first). Received element_spec={spec}."
+            )
+        words = dataset.batch(batch_size).map(
+            lambda texts: _split_words(texts, lowercase).flat_values,
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+
+        def word_batches():
+            for batch in words:
+                yield [word.decode("utf-8") for word in batch.numpy()]
+
+        learner = tokenizers.Tokenizer(
+            tokenizers.models.WordPiece(
+                unk_token=UNK_TOKEN, continuing_subword_prefix=SUFFIX_INDICATOR
+            )
+        )
+        # Our words contain no whitespace, so this only separates them again.
+        learner.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
+        trainer = tokenizers.trainers.WordPieceTrainer(
+            vocab_size=vocabulary_size,
+            min_frequency=2,
+            special_tokens=list(RESERVED_TOKENS),
+            continuing_subword_prefix=SUFFIX_INDICATOR,
+            show_progress=False,
+        )
+        learner.train_from_iterator(word_batches(), trainer)
+        ids = learner.get_vocab()
+        vocabulary = sorted(ids, key=ids.get)[:vocabulary_size]
+        return cls(vocabulary, lowercase=lowercase)
+
+    def save(self, directory):
+        """Writes `vocabulary.txt` (one token a line) and `tokenizer.json` into `directory`."""
+        os.makedirs(directory, exist_ok=True)
+        with open(os.path.join(directory, VOCABULARY_FILE), "w", encoding="utf-8") as f:
+            f.write("".join(token + "\n" for token in self.vocabulary))
+        with open(os.path.join(directory, CONFIG_FILE), "w", encoding="utf-8") as f:
+            json.dump(
+                {"lowercase": self.lowercase, "vocabulary_size": self.vocabulary_size},
+                f,
+                indent=2,
+            )
+
+    @classmethod
+    def load(cls, directory):
+        """Reads a tokenizer written by `save(directory)`."""
+        vocabulary_path = os.path.join(directory, VOCABULARY_FILE)
+        if not os.path.isfile(vocabulary_path):
+            raise FileNotFoundError(
+                f"No tokenizer in {directory!r}: {VOCABULARY_FILE} is missing. Save one with "
+                "`tokenizer.save(directory)`."
+            )
+        with open(vocabulary_path, encoding="utf-8") as f:
+            vocabulary = f.read().split("\n")[:-1]
+        config_path = os.path.join(directory, CONFIG_FILE)
+        lowercase = True
+        if os.path.isfile(config_path):
+            with open(config_path, encoding="utf-8") as f:
+                lowercase = json.load(f).get("lowercase", True)
+        return cls(vocabulary, lowercase=lowercase)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"vocabulary": list(self.vocabulary), "lowercase": self.lowercase})
+        return config
+
+    # -- ids ---------------------------------------------------------------------------------
+
+    def id_to_token(self, token_id):
+        """Returns the token string of one id (Python int)."""
+        return self.vocabulary[token_id]
+
+    def token_to_id(self, token):
+        """Returns the id of one token string, or `unk_id` if it is not in the vocabulary."""
+        return self._token_ids.get(token, self.unk_id)
+
+    def tokenize(self, texts):
+        """Text -> WordPiece ids, no special tokens.
+
+        Args:
+            texts: tf.string scalar or rank-1 tensor (or a Python str / list of str).
+
+        Returns:
+            int32 rank-1 tensor for a scalar input; int32 `tf.RaggedTensor` of shape
+            `(batch, None)` for a rank-1 input.
+        """
+        texts = tf.convert_to_tensor(texts, dtype=tf.string)
+        rank = texts.shape.rank
+        if rank not in (0, 1):
+            raise ValueError(
+                f"tokenize expects a scalar or a rank-1 string tensor. Received shape "
+                f"{texts.shape}; reshape your batch to (batch,)."
+            )
+        ids = self._wordpiece.tokenize(_split_words(tf.reshape(texts, [-1]), self.lowercase))
+        ids = ids.merge_dims(-2, -1)  # (batch, words, pieces) -> (batch, pieces)
+        return ids[0] if rank == 0 else ids
+
+    def detokenize(self, ids):
+        """Ids -> text, dropping `[PAD]`, `[BOS]`, `[EOS]` and out-of-range ids.
+
+        `[UNK]` stays visible as the string "[UNK]". Pieces are joined into words and words
+        are joined with single spaces (so punctuation comes back space-separated, and
+        lowercased when the tokenizer lowercases).
+
+        Args:
+            ids: int rank-1 tensor (one sequence) or rank-2 dense / ragged tensor (a batch).
+
+        Returns:
+            A tf.string scalar for rank-1 input, or a `(batch,)` tf.string tensor.
+        """
+        if not isinstance(ids, tf.RaggedTensor):
+            ids = tf.convert_to_tensor(ids)
+        rank = ids.shape.rank
+        if rank not in (1, 2):
+            raise ValueError(f"detokenize expects ids of rank 1 or 2. Received shape {ids.shape}.")
+        if rank == 1:
+            ids = tf.expand_dims(ids, 0)
+        if not isinstance(ids, tf.RaggedTensor):
+            ids = tf.RaggedTensor.from_tensor(ids)
+        ids = tf.cast(ids, tf.int32)
+        keep = (
+            (ids != self.pad_id)
+            & (ids != self.start_id)
+            & (ids != self.end_id)
+            & (ids >= 0)
+            & (ids < self.vocabulary_size)
+        )
+        texts = self._wordpiece.detokenize(tf.ragged.boolean_mask(ids, keep))
+        return texts[0] if rank == 1 else texts
+
+    def encode(self, texts, sequence_length):
+        """Text -> fixed-length ids: `[BOS] + tokens + [EOS]`, cut to `sequence_length`
+        (keeping `[BOS]`; a cut text loses its `[EOS]`), right-padded with `[PAD]` (0).
+
+        This is the one function classifier training, evaluation and SavedModel serving all
+        use, so they tokenize identically. It is `pack(tokenize(texts), sequence_length)`.
+
+        Args:
+            texts: tf.string rank-1 tensor `(batch,)` (a scalar gives a `(sequence_length,)`
+                result).
+            sequence_length: int. Length of every output row.
+
+        Returns:
+            int32 tensor of shape `(batch, sequence_length)`.
+        """
+        sequence_length = _check_sequence_length(sequence_length)
+        texts = tf.convert_to_tensor(texts, dtype=tf.string)
+        scalar = texts.shape.rank == 0
+        ids = self.pack(self.tokenize(tf.reshape(texts, [-1])), sequence_length)
+        return ids[0] if scalar else ids
+
+    def pack(self, ids, sequence_length):
+        """Ragged token ids `(batch, None)` -> `[BOS] + ids + [EOS]`, cut to
+        `sequence_length` (keeping `[BOS]`), right-padded with 0: int32
+        `(batch, sequence_length)`. The second half of `encode`, for ids changed in between
+        (e.g. by augmentation)."""
+        sequence_length = _check_sequence_length(sequence_length)
+        ids = tf.cast(self.add_markers(ids), tf.int32)[:, :sequence_length]
+        return ids.to_tensor(default_value=self.pad_id, shape=[None, sequence_length])
+
+    def add_markers(self, ids):
+        """Wraps each row of ragged ids `(batch, None)` in `[BOS]` ... `[EOS]`."""
+        batch = ids.nrows()
+        start = tf.fill([batch, 1], tf.constant(self.start_id, ids.dtype))
+        end = tf.fill([batch, 1], tf.constant(self.end_id, ids.dtype))
+        return tf.concat([start, ids, end], axis=1)
+
+    def call(self, texts, sequence_length=None):
+        """`encode(texts, sequence_length)` when a length is given, else `tokenize(texts)`."""
+        if sequence_length is None:
+            return self.tokenize(texts)
+        return self.encode(texts, sequence_length)
