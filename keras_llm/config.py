@@ -181,9 +181,10 @@ class TrainConfig(_PresetMixin):
 
     Args:
         batch_size: int. Global batch size (split across replicas). Defaults to `32`.
-        pretrain_steps: int. Optimizer steps of causal-LM pretraining. Defaults to `1500`.
+        pretrain_steps: int. Optimizer steps of causal-LM pretraining. Defaults to `400`
+            (about five minutes of the `small` model on 2 CPU cores).
         pretrain_learning_rate: float. Peak learning rate of pretraining. Defaults to `1e-3`.
-        finetune_epochs: int. Epochs of classifier fine-tuning. Defaults to `4`.
+        finetune_epochs: int. Epochs of classifier fine-tuning. Defaults to `3`.
         finetune_learning_rate: float. Peak learning rate of fine-tuning. Defaults to `3e-4`.
         finetune_steps_per_epoch: int. Steps per fine-tuning epoch; 0 means one pass over
             the training split. Defaults to `0`.
@@ -210,9 +211,9 @@ class TrainConfig(_PresetMixin):
     """
 
     batch_size: int = 32
-    pretrain_steps: int = 1500
+    pretrain_steps: int = 400
     pretrain_learning_rate: float = 1e-3
-    finetune_epochs: int = 4
+    finetune_epochs: int = 3
     finetune_learning_rate: float = 3e-4
     finetune_steps_per_epoch: int = 0
     freeze_backbone_epochs: int = 0

@@ -174,3 +174,19 @@ def test_an_attached_tokenizer_is_not_saved_with_the_model(tiny_config, tmp_path
     reloaded = assert_keras_round_trip(lm, ids, tmp_path)
     assert reloaded.tokenizer is None and lm.tokenizer is not None
     assert len(reloaded.weights) == len(lm.weights)
+
+
+def test_fused_loss_equals_keras_sparse_cross_entropy(tiny_config):
+    from keras_llm.models.losses import TokenCrossEntropy
+
+    logits = np.random.RandomState(0).normal(size=(3, 7, 11)).astype("float32")
+    labels = np.random.RandomState(1).randint(1, 11, (3, 7))
+    labels[1, 4:] = 0
+    reference = keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0)
+    assert float(TokenCrossEntropy()(labels, logits)) == pytest.approx(
+        float(reference(labels, logits)), rel=1e-6
+    )
+    bf16 = keras.ops.cast(logits, "bfloat16")
+    assert float(TokenCrossEntropy()(labels, bf16)) == pytest.approx(
+        float(reference(labels, keras.ops.cast(bf16, "float32"))), rel=1e-5
+    )

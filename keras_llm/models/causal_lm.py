@@ -4,6 +4,7 @@ import keras
 
 from keras_llm.models import generation
 from keras_llm.models.backbone import TransformerBackbone
+from keras_llm.models.losses import TokenCrossEntropy
 
 
 @keras.saving.register_keras_serializable(package="keras_llm")
@@ -13,7 +14,8 @@ class CausalLM(keras.Model):
     The head is the transposed token embedding when the backbone's config has
     `tie_embeddings=True`, else a `Dense(vocabulary_size)`. Trains with `compile` + `fit` on
     `(ids, next_ids)`; padding (label 0) does not count in the loss: `compile()` defaults to
-    `SparseCategoricalCrossentropy(from_logits=True, ignore_class=0)`.
+    `TokenCrossEntropy`, i.e. `SparseCategoricalCrossentropy(from_logits=True,
+    ignore_class=0)` computed as one fused XLA step.
 
     Args:
         backbone: `TransformerBackbone`.
@@ -66,7 +68,7 @@ class CausalLM(keras.Model):
     def compile(self, optimizer="adam", loss=None, metrics=None, **kwargs):
         """`keras.Model.compile` with the padding-ignoring token cross-entropy as default."""
         if loss is None:
-            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0)
+            loss = TokenCrossEntropy()
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
 
     def compile_from_config(self, config):
