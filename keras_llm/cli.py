@@ -119,6 +119,27 @@ def build_parser():
     ex.add_argument("--no-quantize", action="store_true", help="skip the int8 variants")
     ex.add_argument("--no-tflite", action="store_true", help="skip the TFLite files")
 
+    study = sub.add_parser("study", help="measured studies")
+    studies = study.add_subparsers(dest="study", metavar="STUDY", parser_class=_Parser)
+    transfer = studies.add_parser(
+        "transfer", help="TF-IDF vs scratch vs pretrained vs linear probe on rotten_tomatoes"
+    )
+    transfer.add_argument("--run-dir", default="runs/transfer")
+    transfer.add_argument("--seeds", default="0,1,2", help="comma-separated (default: 0,1,2)")
+    transfer.add_argument("--pretrain-steps", type=int,
+                          help="default: evaluation.STUDY_TRAIN_CONFIG.pretrain_steps")
+    transfer.add_argument("--finetune-epochs", type=int, help="default: 3")
+    transfer.add_argument("--pretrained", help="reuse this pretraining run")
+    transfer.add_argument("--pretrain-per-seed", action="store_true",
+                          help="pretrain once per seed (the spread then includes pretraining)")
+    transfer.add_argument("--pooling", default="mean", choices=["mean", "last"])
+    transfer.add_argument("--arms", default="tfidf,scratch,pretrained,probe")
+    for arm in ("scratch", "pretrained", "probe"):
+        transfer.add_argument(f"--lr-{arm}", type=float, help=f"peak learning rate ({arm})")
+    transfer.add_argument("--data-dir", help="tensorflow-datasets directory")
+    transfer.add_argument("--quick", action="store_true",
+                          help="tiny model, few steps, one seed: checks the machinery only")
+
     gen = sub.add_parser("generate", help="continue prompts with a pretraining run's model")
     gen.add_argument("run_dir", help="pretraining run directory")
     gen.add_argument("prompts", nargs="+", help="one or more prompts")
@@ -221,6 +242,38 @@ def cmd_generate(args):
     return 0
 
 
+def cmd_study(args):
+    from keras_llm import evaluation
+
+    if args.study != "transfer":
+        raise UsageError("choose a study: keras-llm study transfer")
+    try:
+        seeds = tuple(int(seed) for seed in args.seeds.split(","))
+    except ValueError:
+        raise UsageError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
+    model_config, train_config = None, None  # the study's tuned defaults
+    if args.quick:
+        model_config = ModelConfig.preset("tiny")
+        train_config = dataclasses.replace(
+            evaluation.STUDY_TRAIN_CONFIG, pretrain_steps=100, finetune_epochs=1,
+            finetune_steps_per_epoch=40, classifier_sequence_length=32,
+        )
+        seeds = seeds[:1]
+    rates = {arm: getattr(args, f"lr_{arm}") for arm in ("scratch", "pretrained", "probe")}
+    evaluation.transfer_study(
+        model_config, train_config, args.run_dir, seeds=seeds,
+        pretrain_steps=args.pretrain_steps, finetune_epochs=args.finetune_epochs,
+        learning_rates={arm: rate for arm, rate in rates.items() if rate is not None},
+        pooling=args.pooling, pretrained=args.pretrained,
+        pretrain_per_seed=args.pretrain_per_seed, arms=tuple(args.arms.split(",")),
+        data_dir=args.data_dir,
+    )
+    with open(os.path.join(args.run_dir, "transfer.md")) as f:
+        print(f.read())
+    print(f"Written to {os.path.abspath(args.run_dir)} (transfer.md, transfer.json, transfer.png)")
+    return 0
+
+
 def cmd_quickstart(args):
     from keras_llm import export, training
 
@@ -280,6 +333,7 @@ COMMANDS = {
     "evaluate": cmd_evaluate,
     "export": cmd_export,
     "generate": cmd_generate,
+    "study": cmd_study,
 }
 
 

@@ -114,8 +114,10 @@ def plot_transfer_study(results, path, title=None):
     Returns:
         `path`.
     """
+    import textwrap
+
     arms = list(results["arms"].values())
-    names = [arm["title"].replace(" (", "\n(") for arm in arms]
+    names = [textwrap.fill(arm["title"], 24) for arm in arms]
     x = np.arange(len(arms))
     width = 0.38
     fig, ax = plt.subplots(figsize=(2.1 * len(arms) + 2.5, 4.2))
@@ -123,8 +125,8 @@ def plot_transfer_study(results, path, title=None):
         means = [arm[f"{key}_mean"] for arm in arms]
         stds = [arm[f"{key}_std"] for arm in arms]
         bars = ax.bar(x + offset, means, width, yerr=stds, capsize=4, label=label)
-        for bar, mean in zip(bars, means):
-            ax.text(bar.get_x() + bar.get_width() / 2, mean + 0.01, f"{mean:.3f}",
+        for bar, mean, std in zip(bars, means, stds):
+            ax.text(bar.get_x() + bar.get_width() / 2, mean + std + 0.005, f"{mean:.3f}",
                     ha="center", va="bottom", fontsize=7)
     lows = [arm[f"{key}_mean"] - arm[f"{key}_std"] for arm in arms for key in ("f1", "accuracy")]
     ax.set_ylim(max(0.0, min(lows) - 0.1), 1.0)
@@ -133,7 +135,7 @@ def plot_transfer_study(results, path, title=None):
     seeds = results.get("seeds", [])
     ax.set_title(title or f"Transfer learning on {results.get('data', '')} "
                           f"(mean ± std over {len(seeds)} seed{'s' if len(seeds) != 1 else ''})")
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper right", ncols=2)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
