@@ -3,6 +3,7 @@
 import keras
 
 from keras_llm.models import generation
+from keras_llm.models.attached import AttachedTokenizer
 from keras_llm.models.backbone import TransformerBackbone
 from keras_llm.models.losses import TokenCrossEntropy
 
@@ -52,18 +53,7 @@ class CausalLM(keras.Model):
             logits = self.lm_head(hidden)
         super().__init__(inputs=token_ids, outputs=logits, **kwargs)
 
-    @property
-    def tokenizer(self):
-        """The `keras_llm.data.Tokenizer` that `generate` uses for strings, or `None`.
-
-        Attached by training and loading code. Kept out of Keras' layer tracking, so a
-        model with a tokenizer attached saves and reloads like one without.
-        """
-        return self.__dict__.get("_attached_tokenizer")
-
-    @tokenizer.setter
-    def tokenizer(self, value):
-        self.__dict__["_attached_tokenizer"] = value
+    tokenizer = AttachedTokenizer()
 
     def compile(self, optimizer="adam", loss=None, metrics=None, **kwargs):
         """`keras.Model.compile` with the padding-ignoring token cross-entropy as default."""

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_llm.models.attached import AttachedTokenizer
 from keras_llm.models.backbone import TransformerBackbone
 
 POOLINGS = ("mean", "last")
@@ -86,17 +87,7 @@ class Classifier(keras.Model):
         self.pooling = pooling
         self.dropout = dropout
 
-    @property
-    def tokenizer(self):
-        """The `keras_llm.data.Tokenizer` this classifier was trained with, or `None`.
-
-        Attached by training and loading code, outside Keras' layer tracking.
-        """
-        return self.__dict__.get("_attached_tokenizer")
-
-    @tokenizer.setter
-    def tokenizer(self, value):
-        self.__dict__["_attached_tokenizer"] = value
+    tokenizer = AttachedTokenizer()
 
     def get_config(self):
         return {
