@@ -53,6 +53,25 @@ class _PresetMixin:
             )
         return dataclasses.replace(cls.PRESETS[name], **overrides)
 
+    @classmethod
+    def coerce(cls, value, name="config"):
+        """Returns `value` as this config: a config as is, a preset name, or a dict of fields.
+
+        Args:
+            value: this config class, str (preset name) or dict (fields).
+            name: str. The argument name, for the error message.
+        """
+        if isinstance(value, str):
+            return cls.preset(value)
+        if isinstance(value, dict):
+            return cls.from_dict(value)
+        if not isinstance(value, cls):
+            raise ValueError(
+                f"{name} must be a keras_llm.{cls.__name__}, a preset name, or a dict. "
+                f"Received {name}={value!r}."
+            )
+        return value
+
     def to_dict(self):
         return dataclasses.asdict(self)
 

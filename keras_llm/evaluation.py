@@ -32,7 +32,6 @@ so an interrupted study continues where it stopped.
 """
 
 import dataclasses
-import json
 import os
 import platform
 import time
@@ -43,6 +42,7 @@ import numpy as np
 from keras_llm import data as llm_data
 from keras_llm import metrics as llm_metrics
 from keras_llm import plots, training
+from keras_llm._io import read_json, write_json
 from keras_llm.config import ModelConfig, TrainConfig
 
 REPORT = "report.json"
@@ -200,8 +200,7 @@ def classification_report(model, dataset, label_names, run_dir=None, prefix="",
     )
     if run_dir is not None:
         os.makedirs(run_dir, exist_ok=True)
-        with open(os.path.join(run_dir, f"{prefix}{REPORT}"), "w") as f:
-            json.dump(report, f, indent=2)
+        write_json(os.path.join(run_dir, f"{prefix}{REPORT}"), report)
         plots.plot_confusion_matrix(
             report["confusion_matrix"], label_names,
             os.path.join(run_dir, f"{prefix}{CONFUSION_MATRIX}"), title=title,
@@ -256,8 +255,7 @@ def format_report(report, digits=4):
 def _run_dataset_name(run_dir):
     path = os.path.join(run_dir, RUN_METADATA)
     if os.path.exists(path):
-        with open(path) as f:
-            return json.load(f).get("dataset", DEFAULT_DATASET)
+        return read_json(path).get("dataset", DEFAULT_DATASET)
     return DEFAULT_DATASET
 
 
@@ -292,8 +290,7 @@ def evaluate_run(run_dir, split="test", data_dir=None, write=True, verbose=0):
             f"{run_dir!r} has no {training.LABELS}: evaluate_run needs a fine-tuning run "
             "directory (keras-llm finetune ...), not a pretraining run."
         )
-    with open(labels_path) as f:
-        label_names = json.load(f)
+    label_names = read_json(labels_path)
     train_config = TrainConfig.load(os.path.join(run_dir, training.TRAIN_CONFIG))
     dataset_name = _run_dataset_name(run_dir)
     model = training.load_run(run_dir)
@@ -319,8 +316,7 @@ def evaluate_run(run_dir, split="test", data_dir=None, write=True, verbose=0):
     report["split"] = split
     report["dataset"] = dataset_name
     if write:
-        with open(os.path.join(run_dir, f"{prefix}{REPORT}"), "w") as f:
-            json.dump({**report, "evaluate": metrics}, f, indent=2)
+        write_json(os.path.join(run_dir, f"{prefix}{REPORT}"), {**report, "evaluate": metrics})
     return metrics, report
 
 
@@ -425,22 +421,12 @@ def tfidf_baseline(data="rotten_tomatoes", data_dir=None, c_grid=TFIDF_C_GRID):
     }
 
 
-def _read_json(path):
-    with open(path) as f:
-        return json.load(f)
-
-
-def _write_json(path, value):
-    with open(path, "w") as f:
-        json.dump(value, f, indent=2)
-
-
 def _finished(run_dir, settings):
     """The run's metrics if it finished earlier with exactly these settings, else None."""
     marker = os.path.join(run_dir, STUDY_MARKER)
     metrics = os.path.join(run_dir, training.METRICS)
-    if os.path.exists(marker) and os.path.exists(metrics) and _read_json(marker) == settings:
-        return _read_json(metrics)
+    if os.path.exists(marker) and os.path.exists(metrics) and read_json(marker) == settings:
+        return read_json(metrics)
     return None
 
 
@@ -453,7 +439,7 @@ def _forget(run_dir):
 
 
 def _mark_finished(run_dir, settings):
-    _write_json(os.path.join(run_dir, STUDY_MARKER), settings)
+    write_json(os.path.join(run_dir, STUDY_MARKER), settings)
 
 
 def _summary(runs):
@@ -533,11 +519,11 @@ def transfer_study(
         (`f1_mean`, `f1_std`, `accuracy_mean`, `accuracy_std`, `seconds_mean`, ...), and
         `gain` (paired `pretrained - scratch` test macro-F1 over seeds).
     """
-    model_config = training._checked(
-        STUDY_MODEL_CONFIG if model_config is None else model_config, ModelConfig, "model_config"
+    model_config = ModelConfig.coerce(
+        STUDY_MODEL_CONFIG if model_config is None else model_config, "model_config"
     )
-    train_config = training._checked(
-        STUDY_TRAIN_CONFIG if train_config is None else train_config, TrainConfig, "train_config"
+    train_config = TrainConfig.coerce(
+        STUDY_TRAIN_CONFIG if train_config is None else train_config, "train_config"
     )
     seeds = [int(s) for s in seeds]
     if not seeds:
@@ -637,7 +623,7 @@ def transfer_study(
     # --- Baseline.
     if "tfidf" in arms:
         baseline = tfidf_baseline(data, data_dir, c_grid=tfidf_c_grid)
-        _write_json(os.path.join(run_dir, "tfidf.json"), baseline)
+        write_json(os.path.join(run_dir, "tfidf.json"), baseline)
         run = {"seed": None, "f1": baseline["f1"], "accuracy": baseline["accuracy"],
                "seconds": baseline["seconds"], "C": baseline["C"],
                "validation_f1": baseline["validation_f1"]}
@@ -724,7 +710,7 @@ def transfer_study(
         + sum(r["seconds"] for arm in results["arms"].values() for r in arm["runs"])
     )
 
-    _write_json(os.path.join(run_dir, "transfer.json"), results)
+    write_json(os.path.join(run_dir, "transfer.json"), results)
     with open(os.path.join(run_dir, "transfer.md"), "w") as f:
         f.write(format_transfer_table(results) + "\n")
     plots.plot_transfer_study(results, os.path.join(run_dir, "transfer.png"))
@@ -768,10 +754,10 @@ def _pretraining_summary(directory, seed):
     summary = {"seed": seed, "run_dir": directory}
     config = os.path.join(directory, training.TRAIN_CONFIG)
     if os.path.exists(config):
-        summary["pretrain_steps"] = int(_read_json(config)["pretrain_steps"])
+        summary["pretrain_steps"] = int(read_json(config)["pretrain_steps"])
     path = os.path.join(directory, training.METRICS)
     if os.path.exists(path):
-        metrics = _read_json(path)
+        metrics = read_json(path)
         summary["seconds"] = float(metrics.get("seconds", float("nan")))
         if "validation_perplexity" in metrics:
             summary["validation_perplexity"] = float(metrics["validation_perplexity"])

@@ -53,7 +53,6 @@ the TFLite model takes the token ids that `Tokenizer.encode(texts, sequence_leng
 
 import contextlib
 import gc
-import json
 import os
 import shutil
 import tempfile
@@ -63,6 +62,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_llm._io import read_json, write_json
 from keras_llm.config import TrainConfig
 from keras_llm.models import generation
 
@@ -173,14 +173,12 @@ def _prepare_path(path, overwrite):
 def _write_metadata(path, metadata):
     target = os.path.join(path, METADATA_FILE)
     os.makedirs(os.path.dirname(target), exist_ok=True)
-    with open(target, "w", encoding="utf-8") as f:
-        json.dump(metadata, f, indent=2)
+    write_json(target, metadata)
 
 
 def read_metadata(path):
     """Returns the `assets.extra/keras_llm_export.json` dict of an exported SavedModel."""
-    with open(os.path.join(os.fspath(path), METADATA_FILE), encoding="utf-8") as f:
-        return json.load(f)
+    return read_json(os.path.join(os.fspath(path), METADATA_FILE))
 
 
 def _export_archive():
@@ -618,11 +616,6 @@ def evaluate_exports(model, tokenizer, texts, labels, artifacts, sequence_length
 # -- a whole run directory -------------------------------------------------------------------
 
 
-def _read_json(path):
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
 def export_all(
     run_dir,
     output_dir=None,
@@ -696,7 +689,7 @@ def export_all(
                     f"{run_dir!r} has {RUN_CLASSIFIER} but no {os.path.basename(needed)}; "
                     "it is written by keras_llm.training.finetune."
                 )
-        label_names = _read_json(labels_path)
+        label_names = read_json(labels_path)
         sequence_length = TrainConfig.load(config_path).classifier_sequence_length
         model = keras.models.load_model(classifier_path, compile=False)
         report.update(label_names=label_names, sequence_length=sequence_length)
@@ -728,7 +721,7 @@ def export_all(
                     quantize="dynamic_range",
                 )
         if data is None and os.path.isfile(os.path.join(run_dir, RUN_METADATA)):
-            data = _read_json(os.path.join(run_dir, RUN_METADATA)).get("dataset")
+            data = read_json(os.path.join(run_dir, RUN_METADATA)).get("dataset")
         if data is not None:
             pairs = llm_data.load_text_classification(data, split, data_dir)
             pairs = list(pairs.as_numpy_iterator())
@@ -756,6 +749,5 @@ def export_all(
 
     report["artifacts"] = artifacts
     report["sizes"] = {name: artifact_size(path) for name, path in artifacts.items()}
-    with open(os.path.join(output_dir, REPORT_FILE), "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=2)
+    write_json(os.path.join(output_dir, REPORT_FILE), report)
     return report

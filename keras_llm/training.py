@@ -2,7 +2,7 @@
 
 Every run writes into its `run_dir`:
 
-    run.json                                kind of run, data set, pretrained source
+    run.json                                kind of run, data set, tokenizer mode, pretrained source
     model_config.json, train_config.json   what was trained, reloadable
     tokenizer/                              the tokenizer (Tokenizer.save)
     backbone.keras, causal_lm.keras         after pretraining
@@ -35,6 +35,7 @@ from keras_llm import callbacks as llm_callbacks
 from keras_llm import data as llm_data
 from keras_llm import metrics as llm_metrics
 from keras_llm import plots
+from keras_llm._io import read_json, write_json
 from keras_llm.config import ModelConfig, TrainConfig
 from keras_llm.models import CausalLM, Classifier, TransformerBackbone
 from keras_llm.optimizers import adamw
@@ -118,16 +119,6 @@ def _is_chief():
     if "chief" in config.get("cluster", {}):
         return task["type"] == "chief"
     return task["type"] == "worker" and task.get("index", 0) == 0
-
-
-def _write_json(path, value):
-    with open(path, "w") as f:
-        json.dump(value, f, indent=2)
-
-
-def _read_json(path):
-    with open(path) as f:
-        return json.load(f)
 
 
 def _load_tokenizer(tokenizer):
@@ -216,7 +207,7 @@ def _resume_epoch(backup_dir):
     path = os.path.join(backup_dir, "training_metadata.json")
     if not os.path.exists(path):
         return 0
-    return int(_read_json(path).get("epoch", 0))
+    return int(read_json(path).get("epoch", 0))
 
 
 def _common_callbacks(run_dir, train_config, schedule_steps, peak_learning_rate,
@@ -289,8 +280,9 @@ def pretrain(
 ):
     """Trains a `CausalLM` from scratch on unlabelled text with `model.fit`.
 
-    The tokenizer is trained on the training split unless one is given; the model's
-    `vocabulary_size` becomes the tokenizer's real size. Started again with the same
+    The tokenizer is trained on the training split unless one is given, with the data set's
+    `DatasetSpec.tokenizer_options` (`python_source` keeps case, newlines and indentation);
+    the model's `vocabulary_size` becomes the tokenizer's real size. Started again with the same
     arguments after an interruption (even `kill -9`), the run continues from its last
     finished epoch (`keras.callbacks.BackupAndRestore`) and ends with the same weights as an
     uninterrupted run.
@@ -315,8 +307,8 @@ def pretrain(
         `RunResult` with the `CausalLM` (tokenizer attached), history and validation metrics.
     """
     start = time.perf_counter()
-    model_config = _checked(model_config, ModelConfig, "model_config")
-    train_config = _checked(train_config, TrainConfig, "train_config")
+    model_config = ModelConfig.coerce(model_config, "model_config")
+    train_config = TrainConfig.coerce(train_config, "train_config")
     # First: a multi-worker strategy must exist before TensorFlow runs any operation.
     strategy = get_strategy(train_config.strategy)
     os.makedirs(run_dir, exist_ok=True)
@@ -333,14 +325,19 @@ def pretrain(
     if tokenizer is None and os.path.exists(tokenizer_dir):
         tokenizer = llm_data.Tokenizer.load(tokenizer_dir)  # resuming: same vocabulary
     if tokenizer is None:
-        tokenizer = llm_data.Tokenizer.train(texts, model_config.vocabulary_size)
+        # A data set may ask for its own settings: code keeps its case and its layout.
+        options = {}
+        if isinstance(data, str):
+            options = llm_data.dataset_spec(data, "pretraining").tokenizer_options
+        tokenizer = llm_data.Tokenizer.train(texts, model_config.vocabulary_size, **options)
     tokenizer.save(tokenizer_dir)
     if tokenizer.vocabulary_size != model_config.vocabulary_size:
         model_config = dataclasses.replace(model_config, vocabulary_size=tokenizer.vocabulary_size)
     model_config.save(os.path.join(run_dir, MODEL_CONFIG))
     train_config.save(os.path.join(run_dir, TRAIN_CONFIG))
-    _write_json(os.path.join(run_dir, RUN_METADATA), {
+    write_json(os.path.join(run_dir, RUN_METADATA), {
         "kind": "pretrain", "dataset": data if isinstance(data, str) else None,
+        "tokenizer": {"lowercase": tokenizer.lowercase, "whitespace": tokenizer.whitespace},
     })
 
     total_steps = train_config.pretrain_steps
@@ -413,21 +410,8 @@ def pretrain(
         plots.plot_training_curves(step_logger.steps, run_dir)
     seconds = time.perf_counter() - start
     metrics["seconds"] = seconds
-    _write_json(os.path.join(run_dir, METRICS), metrics)
+    write_json(os.path.join(run_dir, METRICS), metrics)
     return RunResult(run_dir, model, tokenizer, _history_dict(history), metrics, seconds)
-
-
-def _checked(value, cls, name):
-    if isinstance(value, str):
-        return cls.preset(value)
-    if isinstance(value, dict):
-        return cls.from_dict(value)
-    if not isinstance(value, cls):
-        raise ValueError(
-            f"{name} must be a keras_llm.{cls.__name__}, a preset name, or a dict. "
-            f"Received {name}={value!r}."
-        )
-    return value
 
 
 # --------------------------------------------------------------------------- fine-tuning
@@ -541,7 +525,7 @@ def finetune(
         `RunResult`; `metrics` holds the test-split `loss, accuracy, precision, recall, f1`.
     """
     start = time.perf_counter()
-    train_config = _checked(train_config, TrainConfig, "train_config")
+    train_config = TrainConfig.coerce(train_config, "train_config")
     strategy = get_strategy(train_config.strategy)  # before any TensorFlow operation
     os.makedirs(run_dir, exist_ok=True)
     keras.utils.set_random_seed(train_config.seed)
@@ -564,14 +548,14 @@ def finetune(
             "model trained from scratch."
         )
     else:
-        model_config = _checked(model_config, ModelConfig, "model_config")
+        model_config = ModelConfig.coerce(model_config, "model_config")
     train_pairs = llm_data.load_text_classification(data, "train", data_dir)
     if tokenizer is None:
         vocabulary = model_config.vocabulary_size
         tokenizer = llm_data.Tokenizer.train(train_pairs.map(lambda text, label: text), vocabulary)
     tokenizer.save(os.path.join(run_dir, TOKENIZER))
-    _write_json(os.path.join(run_dir, LABELS), label_names)
-    _write_json(os.path.join(run_dir, RUN_METADATA), {
+    write_json(os.path.join(run_dir, LABELS), label_names)
+    write_json(os.path.join(run_dir, RUN_METADATA), {
         "kind": "finetune", "dataset": data,
         "pretrained": os.path.abspath(backbone_path) if backbone_path else None,
         "pooling": pooling,
@@ -675,7 +659,7 @@ def finetune(
     plots.plot_training_curves(step_logger.steps, run_dir)
     seconds = time.perf_counter() - start
     metrics["seconds"] = seconds
-    _write_json(os.path.join(run_dir, METRICS), metrics)
+    write_json(os.path.join(run_dir, METRICS), metrics)
     model.tokenizer = tokenizer
     return RunResult(run_dir, model, tokenizer, history, metrics, seconds)
 

@@ -72,3 +72,13 @@ def test_json_round_trip(tmp_path):
     assert ModelConfig.load(tmp_path / "model.json") == config
     with pytest.raises(ValueError, match="hiden_dim"):
         ModelConfig.from_dict({"hiden_dim": 3})
+
+
+@pytest.mark.parametrize("cls", [ModelConfig, TrainConfig])
+def test_coerce_takes_a_config_a_preset_name_or_a_dict(cls):
+    tiny = cls.preset("tiny")
+    assert cls.coerce(tiny) is tiny
+    assert cls.coerce("tiny") == tiny
+    assert cls.coerce(tiny.to_dict()) == tiny
+    with pytest.raises(ValueError, match=r"model_config must be a keras_llm\..*Received model_config=3"):
+        cls.coerce(3, "model_config")

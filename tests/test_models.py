@@ -190,3 +190,24 @@ def test_fused_loss_equals_keras_sparse_cross_entropy(tiny_config):
     assert float(TokenCrossEntropy()(labels, bf16)) == pytest.approx(
         float(reference(labels, keras.ops.cast(bf16, "float32"))), rel=1e-5
     )
+
+
+def test_xla_step_uses_the_unfused_loss_and_trains_like_the_graph_step(tiny_config):
+    """With `jit_compile=True` the loss must not be an XLA island nested in the XLA step:
+    that nesting made XLA constant-fold the logits and the `small` step 10x slower."""
+    from keras_llm.models.losses import TokenCrossEntropy
+
+    ids = np.random.RandomState(3).randint(1, tiny_config.vocabulary_size, (4, 9))
+    x, y = ids[:, :-1], ids[:, 1:]
+    losses = {}
+    for jit in (False, True):
+        keras.utils.set_random_seed(5)
+        lm = CausalLM(TransformerBackbone(tiny_config))
+        lm.compile(optimizer=keras.optimizers.SGD(0.1), jit_compile=jit)
+        assert isinstance(lm.loss, TokenCrossEntropy)
+        assert lm.loss.fused is (not jit)
+        history = lm.fit(x, y, epochs=3, batch_size=4, verbose=0, shuffle=False)
+        losses[jit] = history.history["loss"]
+    assert losses[True][-1] < losses[True][0]
+    np.testing.assert_allclose(losses[True], losses[False], rtol=1e-4)
+    assert TokenCrossEntropy.from_config(TokenCrossEntropy(fused=False).get_config()).fused is False

@@ -56,10 +56,16 @@ class CausalLM(keras.Model):
     tokenizer = AttachedTokenizer()
 
     def compile(self, optimizer="adam", loss=None, metrics=None, **kwargs):
-        """`keras.Model.compile` with the padding-ignoring token cross-entropy as default."""
+        """`keras.Model.compile` with the padding-ignoring token cross-entropy as default.
+
+        When the whole step is compiled with XLA (`jit_compile=True`), the default loss is
+        not compiled again as its own XLA island (see `token_cross_entropy`).
+        """
         if loss is None:
             loss = TokenCrossEntropy()
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+        if isinstance(loss, TokenCrossEntropy) and self.jit_compile:
+            loss.fused = False
 
     def compile_from_config(self, config):
         # Keras skips restoring the compile state of a model whose compile() is overridden;
