@@ -80,5 +80,6 @@ def test_coerce_takes_a_config_a_preset_name_or_a_dict(cls):
     assert cls.coerce(tiny) is tiny
     assert cls.coerce("tiny") == tiny
     assert cls.coerce(tiny.to_dict()) == tiny
-    with pytest.raises(ValueError, match=r"model_config must be a keras_llm\..*Received model_config=3"):
+    message = r"model_config must be a keras_llm\..*Received model_config=3"
+    with pytest.raises(ValueError, match=message):
         cls.coerce(3, "model_config")
