@@ -211,3 +211,27 @@ def test_xla_step_uses_the_unfused_loss_and_trains_like_the_graph_step(tiny_conf
     assert losses[True][-1] < losses[True][0]
     np.testing.assert_allclose(losses[True], losses[False], rtol=1e-4)
     assert TokenCrossEntropy.from_config(TokenCrossEntropy(fused=False).get_config()).fused is False
+
+
+def test_mixed_bfloat16_matches_float32_and_learns(tiny_config):
+    """The default precision of the `small` and `quick` presets: same weights give float32's
+    next-token log-probabilities within 0.01 (measured 0.0027; bfloat16 keeps 8 bits of mantissa,
+    ~0.4% relative error per op), and training on a fixed batch drives the loss down."""
+    ids = np.random.RandomState(7).randint(1, tiny_config.vocabulary_size, (8, 13))
+    x, y = ids[:, :-1], ids[:, 1:]
+    keras.utils.set_random_seed(11)
+    fp32 = CausalLM(TransformerBackbone(tiny_config))
+    reference = _np(keras.ops.log_softmax(fp32(x), axis=-1))
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        bf16 = CausalLM(TransformerBackbone(tiny_config))
+        bf16.set_weights(fp32.get_weights())
+        mixed = _np(keras.ops.log_softmax(keras.ops.cast(bf16(x), "float32"), axis=-1))
+        np.testing.assert_allclose(mixed, reference, atol=0.01)
+        bf16.compile(optimizer=keras.optimizers.AdamW(3e-3))
+        history = bf16.fit(x, y, epochs=40, batch_size=8, verbose=0, shuffle=False)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    losses = history.history["loss"]
+    assert np.isfinite(losses).all()
+    assert losses[-1] < 0.5 * losses[0], losses
