@@ -11,6 +11,7 @@ quiets TensorFlow), then these helpers.
 """
 
 import gc
+import os
 import statistics
 import time
 
@@ -118,3 +119,47 @@ def _is_number(text):
     """`"1,234"`, `"-0.5"`, `"12.3%"`, or a placeholder `"-"` / `""`."""
     text = text.lstrip("+-")
     return text == "" or text[:1].isdigit()
+
+
+class OtherProcessesCpu:
+    """How much of the machine's CPU other processes used while the block ran.
+
+    The load average cannot tell: it counts this benchmark's own threads (a 2-thread benchmark
+    on 2 cores drives it to about 2 by itself). Instead this reads the machine's busy CPU time
+    from `/proc/stat` and subtracts this process's own CPU time (`os.times`), both over the
+    block. `share` is the others' CPU seconds / (wall seconds x cores): 0.0 on an idle
+    machine, 0.5 when other processes kept half the cores busy; None where `/proc/stat` is
+    missing (not Linux).
+    """
+
+    def __init__(self, cores):
+        self.cores = cores
+        self.share = None
+
+    @staticmethod
+    def _machine_busy_seconds():
+        try:
+            with open("/proc/stat") as f:
+                fields = [int(v) for v in f.readline().split()[1:]]
+        except OSError:
+            return None
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+    @staticmethod
+    def _own_seconds():
+        t = os.times()
+        return t.user + t.system + t.children_user + t.children_system
+
+    def __enter__(self):
+        self._start = (time.perf_counter(), self._machine_busy_seconds(), self._own_seconds())
+        return self
+
+    def __exit__(self, *exc):
+        wall0, busy0, own0 = self._start
+        busy1 = self._machine_busy_seconds()
+        if busy0 is not None and busy1 is not None:
+            wall = time.perf_counter() - wall0
+            others = (busy1 - busy0) - (self._own_seconds() - own0)
+            self.share = max(0.0, others) / (wall * self.cores)
+        return False

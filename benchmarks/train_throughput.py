@@ -407,11 +407,12 @@ def main(argv=None):
         logger.setLevel(level)
 
 
-def _busy_warning(load, cores):
-    if load is not None and load > 0.5 * cores:
+def _busy_warning(others_share, cores):
+    """A warning when other processes used more than 5% of the CPU during the timed rounds."""
+    if others_share is not None and others_share > 0.05:
         return (
-            f"WARNING: load average {load} on {cores} cores: other processes compete for the "
-            "CPU, so these numbers are not a clean benchmark (rerun on an idle machine)."
+            f"WARNING: other processes used {others_share:.0%} of the {cores} cores during the "
+            "timed rounds, so these numbers are not a clean benchmark (rerun on an idle machine)."
         )
     return None
 
@@ -436,8 +437,6 @@ def _run(args):
         f"at start; tensorflow {tf.__version__}, keras {keras.__version__}, keras-hub "
         f"{_keras_hub_version()}, torch {torch_version() or 'not installed'}"
     )
-    if _busy_warning(load_start, cores):
-        print(_busy_warning(load_start, cores))
     print(
         f"model FLOPs per token: {per_token:,} (6 x {matmul_parameters(config):,} matmul "
         f"weights + 12 x {config.num_layers} layers x {config.sequence_length} seq x "
@@ -517,11 +516,12 @@ def _run(args):
         for key in keys:
             contenders[key].run(1)
     print(f"timing: {args.repeats} rounds x {args.steps} steps per contender, alternating order")
-    seconds = _common.interleaved_rounds(
-        keys, args.repeats, lambda k: contenders[k].run(args.steps)
-    )
+    with _common.OtherProcessesCpu(cores) as others:
+        seconds = _common.interleaved_rounds(
+            keys, args.repeats, lambda k: contenders[k].run(args.steps)
+        )
     load_end = _load()
-    busy = _busy_warning(max(load_start or 0, load_end or 0), cores)
+    busy = _busy_warning(others.share, cores)
 
     results = []
     for key in keys:
@@ -558,7 +558,9 @@ def _run(args):
         f"Batch {args.batch_size} x sequence {config.sequence_length} = {tokens_per_step} tokens "
         f"per step; medians of {args.repeats} x {args.steps} steps; MFU against "
         f"{_common.format_si(peak, 'FLOP/s')} float32; load average {load_start} -> {load_end} "
-        f"on {cores} cores."
+        f"on {cores} cores (this benchmark's own threads count in it); other processes used "
+        f"{'n/a' if others.share is None else format(others.share, '.1%')} of the CPU during "
+        "the timed rounds."
     )
     settings = list(dict.fromkeys(k[1] for k in keys if k[0] in ("keras", "hub")))
     if settings:
@@ -645,6 +647,7 @@ def _run(args):
         peak_source=peak_source,
         cores=cores,
         load_average=[load_start, load_end],
+        other_processes_cpu_share=others.share,
         versions=dict(
             tensorflow=tf.__version__,
             keras=keras.__version__,

@@ -117,3 +117,21 @@ def test_profile_categories():
     assert profile.categorize("sft/block_0/feedforward_intermediate_1/Gelu/Erfc", "Erfc") == "GELU"
     assert profile.categorize("sft/block_0/add", "AddV2") == "other ops"
     assert profile._merged_length([(0, 2), (1, 3), (5, 6), (5, 5)]) == 4
+
+
+def test_other_processes_cpu_counts_a_busy_neighbour_not_ourselves(common):
+    import subprocess
+    import sys
+    import time
+
+    neighbour = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        with common.OtherProcessesCpu(cores=os.cpu_count()) as others:
+            time.sleep(1.5)
+    finally:
+        neighbour.kill()
+        neighbour.wait()
+    # One spinning neighbour keeps one core busy: 1 / cores of the machine (plus whatever else
+    # runs); this process slept, so it adds nothing.
+    assert others.share is not None
+    assert others.share > 0.6 / os.cpu_count()
