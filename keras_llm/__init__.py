@@ -1,7 +1,7 @@
 """keras_llm: a Keras 3 reference implementation of the kernel of an LLM system.
 
 Public names: `ModelConfig`, `TrainConfig`, and the submodules `layers`, `models`, `data`,
-`callbacks`, `metrics`, `training`, `evaluation`, `export`, `plots`.
+`callbacks`, `metrics`, `training`, `evaluation`, `export`, `plots`, `applications`.
 """
 
 from keras_llm._env import configure_environment
@@ -20,6 +20,8 @@ def __getattr__(name):
     # Heavier submodules (data pulls tensorflow-text and tfds) load on first use.
     import importlib
 
-    if name in {"data", "callbacks", "metrics", "training", "evaluation", "export", "plots"}:
+    if name in {
+        "data", "callbacks", "metrics", "training", "evaluation", "export", "plots", "applications"
+    }:
         return importlib.import_module(f"keras_llm.{name}")
     raise AttributeError(f"module 'keras_llm' has no attribute {name!r}")

@@ -139,6 +139,15 @@ def build_parser():
     transfer.add_argument("--data-dir", help="tensorflow-datasets directory")
     transfer.add_argument("--quick", action="store_true",
                           help="tiny model, few steps, one seed: checks the machinery only")
+    speakers = studies.add_parser(
+        "speakers", help="who is speaking? TF-IDF vs scratch vs pretrained on debates_speakers"
+    )
+    speakers.add_argument("--pretrained", required=True, help="pretraining run directory")
+    speakers.add_argument("--run-dir", default="runs/speakers")
+    speakers.add_argument("--seeds", default="0,1,2", help="comma-separated (default: 0,1,2)")
+    speakers.add_argument("--data-dir", help="tensorflow-datasets directory")
+    speakers.add_argument("--quick", action="store_true",
+                          help="a few steps, one seed: checks the machinery only")
 
     gen = sub.add_parser("generate", help="continue prompts with a pretraining run's model")
     gen.add_argument("run_dir", help="pretraining run directory")
@@ -146,10 +155,52 @@ def build_parser():
     gen.add_argument("--max-new-tokens", type=int, default=48)
     gen.add_argument("--sampler", default="top_p",
                      choices=["greedy", "random", "top_k", "top_p"])
-    gen.add_argument("--temperature", type=float, default=0.8)
+    gen.add_argument("--temperature", type=float, default=None,
+                     help="sampling temperature (default: 0.8; 1 for greedy)")
     gen.add_argument("--top-k", type=int, default=40)
     gen.add_argument("--top-p", type=float, default=0.9)
     gen.add_argument("--seed", type=int, default=0)
+
+    dia = sub.add_parser("dialogue", help="fine-tune a pretraining run on the 2016 debate turns")
+    dia_actions = dia.add_subparsers(dest="dialogue", metavar="ACTION", parser_class=_Parser)
+    dia_fine = dia_actions.add_parser(
+        "finetune", help="answer perplexity before/after, QA on held-out questions, samples"
+    )
+    dia_fine.add_argument("--pretrained", required=True, help="pretraining run directory")
+    dia_fine.add_argument("--epochs", type=int, help="fine-tuning epochs")
+    dia_fine.add_argument("--samples", type=int, default=5,
+                          help="held-out test questions to answer in samples.json (default: 5)")
+    _add_common(dia_fine, "runs/dialogue")
+
+    chat = sub.add_parser("chat", help="be the moderator: a dialogue run answers as a candidate")
+    chat.add_argument("run_dir", help="dialogue run directory (keras-llm dialogue finetune)")
+    chat.add_argument("--as", dest="speaker", default="TRUMP",
+                      help="who answers (default: TRUMP; see the run's dialogue.json)")
+    chat.add_argument("--moderator", default="HOLT", help="your name in the prompt (default: HOLT)")
+    chat.add_argument("--questions", help="file of questions, one a line: answer them and exit")
+    chat.add_argument("--output", help="with --questions, also write the answers to this JSON file")
+    chat.add_argument("--max-new-tokens", type=int, default=48)
+    chat.add_argument("--sampler", default="top_p",
+                      choices=["greedy", "random", "top_k", "top_p"])
+    chat.add_argument("--temperature", type=float, default=0.8)
+    chat.add_argument("--top-k", type=int, default=40)
+    chat.add_argument("--top-p", type=float, default=0.9)
+    chat.add_argument("--seed", type=int, default=0)
+
+    dig = sub.add_parser("digits", help="multimodal: a Transformer on 8x8 digit image patches")
+    dig_tasks = dig.add_subparsers(dest="task", metavar="TASK", parser_class=_Parser)
+    for task, task_help in (
+        ("classify", "image classifier: patches -> blocks -> 10 classes, test accuracy"),
+        ("caption", "image-to-text causal LM writing 'this is a seven', caption accuracy"),
+    ):
+        digit = dig_tasks.add_parser(task, help=task_help)
+        digit.add_argument("run_dir", help="output directory")
+        digit.add_argument("--epochs", type=int, help="training epochs")
+        digit.add_argument("--seed", type=int, help="random seed (weights, shuffling)")
+        digit.add_argument("--patch-size", default="2x2",
+                           help="'2x2' (16 tokens, default), 'rows' (8 tokens), 'HxW' or an int")
+        digit.add_argument("--quick", action="store_true", help="a small model, 3 epochs")
+        digit.add_argument("--export", action="store_true", help="also write RUN_DIR/export")
     return parser
 
 
@@ -231,26 +282,92 @@ def cmd_generate(args):
     model = training.load_run(args.run_dir)
     if not hasattr(model, "generate"):
         raise UsageError(f"{args.run_dir!r} holds a classifier; generate needs a pretraining run")
-    texts = model.generate(
-        args.prompts, max_new_tokens=args.max_new_tokens, sampler=args.sampler,
-        temperature=args.temperature, top_k=args.top_k if args.sampler == "top_k" else None,
-        top_p=args.top_p if args.sampler == "top_p" else None, seed=args.seed,
-    )
+    temperature = args.temperature
+    if temperature is None:  # greedy ignores the temperature and refuses one other than 1
+        temperature = 1.0 if args.sampler == "greedy" else 0.8
+    try:
+        texts = model.generate(
+            args.prompts, max_new_tokens=args.max_new_tokens, sampler=args.sampler,
+            temperature=temperature, top_k=args.top_k if args.sampler == "top_k" else None,
+            top_p=args.top_p if args.sampler == "top_p" else None, seed=args.seed,
+        )
+    except ValueError as error:  # a bad prompt or sampling argument: the message names it
+        raise UsageError(str(error)) from None
     for text in texts:
         print(text)
         print("---")
     return 0
 
 
+def cmd_dialogue(args):
+    from keras_llm.applications import dialogue
+
+    if args.dialogue != "finetune":
+        raise UsageError("choose an action: keras-llm dialogue finetune --pretrained RUN_DIR")
+    _, train = _configs(args, "small")
+    result = dialogue.finetune_dialogue(
+        args.pretrained, args.run_dir, train, data_dir=args.data_dir,
+        sample_count=args.samples, verbose=2,
+    )
+    m = result.metrics
+    rows = [
+        (f"{name} ({m[f'{name}_examples']} turns, {m[f'{name}_answer_tokens']} tokens)",
+         *(f"{m[f'{name}_answer_perplexity_{when}']:.1f}" for when in ("before", "after")))
+        for name in ("validation", "test", "test_qa")
+    ]
+    print()
+    _print_table(rows, ["answer perplexity", "before", "after"])
+    for sample in dialogue.read_samples(result.run_dir):
+        real = sample["real_answer"]
+        print(f"\n{sample['question']}\n  {sample['speaker']} (real):   "
+              f"{real if len(real) < 200 else real[:200] + ' ...'}")
+        print(f"  {sample['speaker']} (greedy): {sample['after_greedy']}")
+        print(f"  {sample['speaker']} (top-p):  {sample['after_top_p']}")
+    print(f"\nDialogue run written to {os.path.abspath(result.run_dir)} ({m['seconds']:.0f}s); "
+          f"talk to it: keras-llm chat {result.run_dir}")
+    return 0
+
+
+def cmd_chat(args):
+    from keras_llm.applications import dialogue
+
+    try:
+        dialogue.chat(
+            args.run_dir, args.speaker, questions_file=args.questions, output_file=args.output,
+            moderator=args.moderator, max_new_tokens=args.max_new_tokens, sampler=args.sampler,
+            temperature=1.0 if args.sampler == "greedy" else args.temperature,
+            top_k=args.top_k if args.sampler == "top_k" else None,
+            top_p=args.top_p if args.sampler == "top_p" else None, seed=args.seed,
+        )
+    except ValueError as error:  # unknown speaker, empty question file, bad sampler values
+        raise UsageError(str(error)) from None
+    return 0
+
+
+def cmd_study_speakers(args, seeds):
+    from keras_llm.applications import speakers
+
+    results = speakers.speakers_study(
+        args.pretrained, args.run_dir, seeds=seeds[:1] if args.quick else seeds,
+        train_config=speakers.quick_train_config() if args.quick else None,
+        data_dir=args.data_dir,
+    )
+    print(speakers.format_speakers_table(results))
+    print(f"\nWritten to {os.path.abspath(args.run_dir)} (speakers.md, speakers.json)")
+    return 0
+
+
 def cmd_study(args):
     from keras_llm import evaluation
 
-    if args.study != "transfer":
-        raise UsageError("choose a study: keras-llm study transfer")
+    if args.study not in ("transfer", "speakers"):
+        raise UsageError("choose a study: keras-llm study transfer | speakers")
     try:
         seeds = tuple(int(seed) for seed in args.seeds.split(","))
     except ValueError:
         raise UsageError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
+    if args.study == "speakers":
+        return cmd_study_speakers(args, seeds)
     model_config, train_config = None, None  # the study's tuned defaults
     if args.quick:
         model_config = ModelConfig.preset("tiny")
@@ -326,6 +443,31 @@ def cmd_quickstart(args):
     return 0
 
 
+def cmd_digits(args):
+    from keras_llm.applications import multimodal
+
+    if args.task not in ("classify", "caption"):
+        raise UsageError("choose a task: keras-llm digits classify|caption RUN_DIR")
+    try:
+        patch_size = multimodal.parse_patch_size(args.patch_size)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    if args.epochs is not None and args.epochs < 1:
+        raise UsageError(f"--epochs must be at least 1, got {args.epochs}")
+    train = (multimodal.train_digit_classifier if args.task == "classify"
+             else multimodal.train_digit_captioner)
+    result = train(args.run_dir, patch_size=patch_size, epochs=args.epochs, seed=args.seed,
+                   quick=args.quick, export=args.export, verbose=2)
+    metrics = result.metrics
+    rows = [(k, f"{v:.4f}" if isinstance(v, float) else v) for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    rows.append(("baseline: logistic regression on pixels, test accuracy",
+                 f"{metrics['baseline']['test_accuracy']:.4f}"))
+    _print_table(rows, ["metric", "value"])
+    print(f"\nRun written to {os.path.abspath(result.run_dir)} (predictions.png, metrics.json)")
+    return 0
+
+
 COMMANDS = {
     "quickstart": cmd_quickstart,
     "pretrain": cmd_pretrain,
@@ -334,6 +476,9 @@ COMMANDS = {
     "export": cmd_export,
     "generate": cmd_generate,
     "study": cmd_study,
+    "digits": cmd_digits,
+    "dialogue": cmd_dialogue,
+    "chat": cmd_chat,
 }
 
 

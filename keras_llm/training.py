@@ -210,8 +210,26 @@ def _resume_epoch(backup_dir):
     return int(read_json(path).get("epoch", 0))
 
 
-def _common_callbacks(run_dir, train_config, schedule_steps, peak_learning_rate,
-                      batch_size, sequence_length, resuming, peak_flops):
+def common_callbacks(run_dir, train_config, schedule_steps, peak_learning_rate,
+                     batch_size, sequence_length, resuming, peak_flops):
+    """The callbacks every keras_llm training run uses (also the applications' runs).
+
+    Warm-up + cosine schedule, gradient clipping (when `train_config.clip_norm > 0`),
+    throughput/MFU, a non-finite-loss stopper, `steps.csv`, `history.csv` and TensorBoard
+    logs in `run_dir`.
+
+    Args:
+        run_dir: str. The run directory.
+        train_config: `TrainConfig`. Schedule shape and clipping.
+        schedule_steps: int. Optimizer steps the schedule spans.
+        peak_learning_rate: float. The schedule's peak.
+        batch_size, sequence_length: int. For tokens/s.
+        resuming: bool. Append to the CSV logs instead of starting them anew.
+        peak_flops: float or None. Peak FLOP/s for MFU.
+
+    Returns:
+        `(callbacks, stopper, step_logger)`; pass `stopper` to `raise_if_diverged` after fit.
+    """
     stopper = StopOnNonFiniteLoss()
     step_logger = StepLogger(os.path.join(run_dir, STEPS), append=resuming)
     warmup = int(round(train_config.warmup_fraction * schedule_steps))
@@ -236,7 +254,8 @@ def _common_callbacks(run_dir, train_config, schedule_steps, peak_learning_rate,
     return callbacks, stopper, step_logger
 
 
-def _raise_if_diverged(stopper, run_dir, checkpoint):
+def raise_if_diverged(stopper, run_dir, checkpoint):
+    """Raises `TrainingDivergedError` naming the step if `stopper` saw a non-finite loss."""
     if stopper.bad_step is None:
         return
     shutil.rmtree(os.path.join(run_dir, "backup"), ignore_errors=True)
@@ -258,7 +277,8 @@ def _shard_by_data(dataset):
     return dataset.with_options(options)
 
 
-def _history_dict(history):
+def history_dict(history):
+    """`History.history` as a plain dict of lists of floats."""
     return {k: [float(v) for v in values] for k, values in history.history.items()}
 
 
@@ -377,7 +397,7 @@ def pretrain(
                 jit_compile=train_config.jit_compile,
                 steps_per_execution=train_config.steps_per_execution,
             )
-        fit_callbacks, stopper, step_logger = _common_callbacks(
+        fit_callbacks, stopper, step_logger = common_callbacks(
             run_dir, train_config, total_steps, train_config.pretrain_learning_rate,
             train_config.batch_size, sequence_length, initial_epoch > 0, peak_flops,
         )
@@ -397,7 +417,7 @@ def pretrain(
             shuffle=False,  # the tf.data pipeline shuffles, seeded
             verbose=verbose,
         )
-        _raise_if_diverged(stopper, run_dir, checkpoint)
+        raise_if_diverged(stopper, run_dir, checkpoint)
         metrics = {}
         if validation_data is not None:
             metrics = model.evaluate(validation_data, return_dict=True, verbose=0)
@@ -411,7 +431,7 @@ def pretrain(
     seconds = time.perf_counter() - start
     metrics["seconds"] = seconds
     write_json(os.path.join(run_dir, METRICS), metrics)
-    return RunResult(run_dir, model, tokenizer, _history_dict(history), metrics, seconds)
+    return RunResult(run_dir, model, tokenizer, history_dict(history), metrics, seconds)
 
 
 # --------------------------------------------------------------------------- fine-tuning
@@ -602,7 +622,7 @@ def finetune(
             model = Classifier(backbone, num_classes, pooling=pooling)
         model_config.save(os.path.join(run_dir, MODEL_CONFIG))
 
-        fit_callbacks, stopper, step_logger = _common_callbacks(
+        fit_callbacks, stopper, step_logger = common_callbacks(
             run_dir, train_config, total_steps, train_config.finetune_learning_rate,
             batch, length, False, peak_flops,
         )
@@ -644,12 +664,12 @@ def finetune(
         for epochs, initial_epoch, backbone_trainable in phases:
             backbone.trainable = backbone_trainable
             result = compile_and_fit(epochs, initial_epoch, initial_epoch * steps_per_epoch)
-            for key, values in _history_dict(result).items():
+            for key, values in history_dict(result).items():
                 history.setdefault(key, []).extend(values)
             if stopper.bad_step is not None:
                 break
         backbone.trainable = True
-        _raise_if_diverged(stopper, run_dir, checkpoint)
+        raise_if_diverged(stopper, run_dir, checkpoint)
 
         best = keras.models.load_model(checkpoint, compile=False)
         model.set_weights(best.get_weights())

@@ -67,3 +67,19 @@ def test_quickstart_quick_end_to_end(data_dir, tmp_path):
     assert os.path.isdir(tmp_path / "finetune" / "export" / "classifier")
     metrics = json.load(open(tmp_path / "finetune" / "metrics.json"))
     assert 0.5 < metrics["test_accuracy"] <= 1.0
+
+
+def test_generate_greedy_and_bad_sampling_arguments(pretrained_run, capsys):
+    argv = ["generate", pretrained_run, "the film", "--max-new-tokens", "4"]
+    assert cli.main(argv + ["--sampler", "greedy"]) == 0
+    greedy = capsys.readouterr().out
+    assert greedy.startswith("the film") and greedy.rstrip().endswith("---")
+    # The same greedy text again: greedy does not sample.
+    assert cli.main(argv + ["--sampler", "greedy"]) == 0
+    assert capsys.readouterr().out == greedy
+    # Bad values name themselves in one line, exit 2, no traceback.
+    assert cli.main(argv + ["--sampler", "top_p", "--top-p", "1.5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "top_p" in err and "1.5" in err
+    assert cli.main(argv[:3] + ["--max-new-tokens", "100000"]) == 2
+    assert "100000" in capsys.readouterr().err

@@ -146,7 +146,7 @@ def test_corpus_has_every_source_and_only_train_reviews(corpus, reviews):
     counts = pd.Series([source for _, source in documents]).value_counts().to_dict()
     assert counts == {
         "review": len(reviews["train"]),
-        "debate": 1122,
+        "debate": 845,  # the 1st (325) and vice-presidential (520) debates
         "plot": 1083,
         "speech": 189,
         "convention": 60,
@@ -163,11 +163,27 @@ def test_corpus_has_every_source_and_only_train_reviews(corpus, reviews):
     assert not leaked, leaked[:3]
 
 
+def test_corpus_holds_no_statement_of_the_held_out_debates(corpus):
+    import gzip
+
+    from keras_llm.data import sources
+
+    with gzip.open(sources.data_file(sources.PRESIDENTIAL_DEBATES_FILE), "rt") as f:
+        rows = pd.read_csv(f)
+    texts = {text for split in ("train", "validation") for text, _ in corpus[split]}
+    held_out = set(rows[rows.debate.isin(["2nd", "3rd"])].statement.str.strip())
+    kept = set(rows[rows.debate.isin(["1st", "VP"])].statement.str.strip())
+    # Short statements ("Thank you.") occur in every debate; count the long ones.
+    long_held_out = {t for t in held_out - kept if len(t.split()) >= 8}
+    assert len(long_held_out) > 100
+    assert not texts & long_held_out
+
+
 def test_corpus_validation_is_about_five_percent_of_the_prose(corpus):
     prose_train = sum(1 for _, s in corpus["train"] if s != "review")
     share = len(corpus["validation"]) / (prose_train + len(corpus["validation"]))
     assert 0.03 < share < 0.07
-    assert len(corpus["train"]) == 12586 and len(corpus["validation"]) == 123  # golden
+    assert len(corpus["train"]) == 12322 and len(corpus["validation"]) == 110  # golden
 
 
 def test_preparing_is_cached(data_dir, monkeypatch):

@@ -1,17 +1,20 @@
 """Data for keras_llm: data sets by name, the tokenizer, tf.data pipelines, augmentation.
 
 Importing this module registers the offline tensorflow-datasets builders, so
-`tfds.load("rotten_tomatoes")` and `tfds.load("keras_llm_corpus")` work after it.
+`tfds.load("rotten_tomatoes")`, `tfds.load("keras_llm_corpus")` and
+`tfds.load("debates/speakers")` (or `"debates/turns"`) work after it.
 """
 
 from keras_llm.data import builders  # noqa: F401  (registers the tfds builders)
 from keras_llm.data.augment import Augmenter
 from keras_llm.data.catalog import (
     CLASSIFICATION_DATASETS,
+    DIALOGUE_DATASETS,
     PRETRAINING_DATASETS,
     DatasetSpec,
     dataset_spec,
     label_names,
+    load_dialogue_turns,
     load_pretraining_text,
     load_text_classification,
     num_classes,
@@ -25,6 +28,7 @@ from keras_llm.data.tokenizer import Tokenizer
 __all__ = [
     "Augmenter",
     "CLASSIFICATION_DATASETS",
+    "DIALOGUE_DATASETS",
     "DatasetSpec",
     "INSTALL_COMMAND",
     "MissingDataError",
@@ -34,6 +38,7 @@ __all__ = [
     "dataset_spec",
     "label_names",
     "lm_dataset",
+    "load_dialogue_turns",
     "load_pretraining_text",
     "load_text_classification",
     "num_classes",

