@@ -257,8 +257,10 @@ def test_label_names_and_num_classes():
     assert data.label_names("rotten_tomatoes") == ["rotten", "fresh"]
     assert data.num_classes("ag_news_subset") == 4
     assert data.dataset_spec("glue/sst2").num_classes == 2
+    assert data.num_classes("debates_speakers") == 3
     assert data.supported_datasets("classification") == [
         "ag_news_subset",
+        "debates_speakers",
         "glue/sst2",
         "imdb_reviews",
         "rotten_tomatoes",
