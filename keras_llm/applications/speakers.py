@@ -5,8 +5,8 @@
 presidential + vice-presidential debate, validation = 2nd, test = 3rd; see
 `keras_llm.data.builders.debates`):
 
-    tfidf        TF-IDF + logistic regression (`multiclass_tfidf_baseline`: the recipe of
-                 `evaluation.tfidf_baseline`, one-vs-rest), C chosen on validation macro-F1
+    tfidf        TF-IDF + logistic regression (`evaluation.tfidf_baseline`, one-vs-rest),
+                 C chosen on validation macro-F1
     scratch      `Classifier`, backbone randomly initialised
     pretrained   `Classifier` on the causal-LM backbone of the pretraining run `pretrained`
 
@@ -63,66 +63,6 @@ def _texts_and_labels(data, split, data_dir):
     pairs = list(llm_data.load_text_classification(data, split, data_dir).as_numpy_iterator())
     texts = [text.decode("utf-8", errors="replace") for text, _ in pairs]
     return texts, np.asarray([int(label) for _, label in pairs])
-
-
-def multiclass_tfidf_baseline(data=DATASET, data_dir=None, c_grid=evaluation.TFIDF_C_GRID):
-    """`evaluation.tfidf_baseline` for any number of classes, with the test report.
-
-    The same recipe: word 1-2-gram TF-IDF (sublinear tf) fitted on the train split,
-    liblinear logistic regression with balanced class weights, C chosen by validation
-    macro-F1 (the smallest on ties), scored on test. The regression is wrapped in a
-    one-vs-rest classifier because scikit-learn 1.8 made liblinear binary-only, so
-    `evaluation.tfidf_baseline` raises on three classes; on two classes the wrapper fits
-    the very same single model (tests/test_debates.py checks equal scores on
-    rotten_tomatoes).
-
-    Args:
-        data: str. Classification data set name. Defaults to `"debates_speakers"`.
-        data_dir: str. tensorflow-datasets directory.
-        c_grid: tuple of float. Inverse regularisation strengths tried.
-
-    Returns:
-        dict with test `f1`, `precision`, `recall` (macro), `accuracy`; `validation_f1`,
-        `C`, `grid` (C -> validation macro-F1), `seconds`, and `report` (the test
-        `evaluation.classification_report` dict).
-    """
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import f1_score
-    from sklearn.multiclass import OneVsRestClassifier
-
-    start = time.perf_counter()
-    train_texts, train_labels = _texts_and_labels(data, "train", data_dir)
-    validation_texts, validation_labels = _texts_and_labels(data, "validation", data_dir)
-    test_texts, test_labels = _texts_and_labels(data, "test", data_dir)
-    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1)
-    train_features = vectorizer.fit_transform(train_texts)
-    validation_features = vectorizer.transform(validation_texts)
-    grid, best = {}, None
-    for c in c_grid:
-        model = OneVsRestClassifier(
-            LogisticRegression(C=c, solver="liblinear", class_weight="balanced")
-        )
-        model.fit(train_features, train_labels)
-        score = f1_score(validation_labels, model.predict(validation_features), average="macro")
-        grid[str(c)] = float(score)
-        if best is None or score > best[1]:
-            best = (c, score, model)
-    c, validation_f1, model = best
-    predictions = model.predict(vectorizer.transform(test_texts))
-    names = llm_data.label_names(data)
-    matrix = np.zeros((len(names), len(names)), dtype=np.int64)
-    np.add.at(matrix, (test_labels, predictions), 1)
-    report = evaluation.report_from_confusion_matrix(matrix, names)
-    return {
-        **{key: report["macro"][key] for key in ("precision", "recall", "f1")},
-        "accuracy": report["accuracy"],
-        "validation_f1": float(validation_f1),
-        "C": float(c),
-        "grid": grid,
-        "seconds": time.perf_counter() - start,
-        "report": report,
-    }
 
 
 def _summary(runs):
@@ -201,7 +141,7 @@ def speakers_study(
     }
 
     if "tfidf" in arms:
-        baseline = multiclass_tfidf_baseline(DATASET, data_dir)
+        baseline = evaluation.tfidf_baseline(DATASET, data_dir)
         report = baseline.pop("report")
         write_json(os.path.join(run_dir, "tfidf.json"), {**baseline, "report": report})
         run = {"seed": None, **baseline}
