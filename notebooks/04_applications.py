@@ -179,8 +179,9 @@ for name, kwargs in SAMPLERS.items():
 # ### 3. Code completion
 #
 # The code model completes a Python prompt. Its tokenizer was trained on the standard
-# library's source, so identifiers, keywords and operators are its vocabulary (lowercased by
-# the uncased tokenizer, and with the spacing the tokenizer gives back).
+# library's source, so identifiers, keywords and operators are its vocabulary; for code it
+# keeps case, newlines and indentation as tokens (`whitespace="keep"`, chosen by the
+# `python_source` catalog entry), so the completion comes back laid out as code.
 
 # %%
 code_lm = code_run.model
