@@ -39,7 +39,7 @@ def _configs(args, default_train_preset):
 
 
 def _build_configs(args, default_train_preset):
-    model = ModelConfig.preset(args.preset)
+    model = ModelConfig.preset(getattr(args, "preset", "small"))
     train = TrainConfig.preset(args.train_preset or default_train_preset)
     if args.config:
         try:
@@ -64,10 +64,11 @@ def _build_configs(args, default_train_preset):
     return model, train
 
 
-def _add_common(parser, default_run_dir):
+def _add_common(parser, default_run_dir, model_preset=True):
     parser.add_argument("--run-dir", default=default_run_dir, help="output directory")
-    parser.add_argument("--preset", default="small", choices=sorted(ModelConfig.PRESETS),
-                        help="model size preset (default: small)")
+    if model_preset:  # commands that continue a pretrained run take its model instead
+        parser.add_argument("--preset", default="small", choices=sorted(ModelConfig.PRESETS),
+                            help="model size preset (default: small)")
     parser.add_argument("--train-preset", choices=sorted(TrainConfig.PRESETS),
                         help="training preset (default: as the command says)")
     parser.add_argument("--config", help="JSON file: {'model': {...}, 'train': {...}} overrides")
@@ -170,7 +171,7 @@ def build_parser():
     dia_fine.add_argument("--epochs", type=int, help="fine-tuning epochs")
     dia_fine.add_argument("--samples", type=int, default=5,
                           help="held-out test questions to answer in samples.json (default: 5)")
-    _add_common(dia_fine, "runs/dialogue")
+    _add_common(dia_fine, "runs/dialogue", model_preset=False)
 
     chat = sub.add_parser("chat", help="be the moderator: a dialogue run answers as a candidate")
     chat.add_argument("run_dir", help="dialogue run directory (keras-llm dialogue finetune)")

@@ -19,6 +19,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         (["pretrain", "--seed", "x"], "invalid int value: 'x'"),
         (["finetune", "--pooling", "max"], "invalid choice: 'max'"),
         (["nonsense"], "invalid choice: 'nonsense'"),
+        # The dialogue fine-tune continues the pretrained run's model: no size preset to pick.
+        (["dialogue", "finetune", "--pretrained", "x", "--preset", "tiny"],
+         "unrecognized arguments: --preset tiny"),
     ],
 )
 def test_bad_arguments_give_one_line_and_exit_code_2(argv, message, capsys):
