@@ -210,6 +210,26 @@ def _resume_epoch(backup_dir):
     return int(read_json(path).get("epoch", 0))
 
 
+def schedule_callbacks(train_config, schedule_steps, peak_learning_rate):
+    """The learning-rate schedule and gradient clipping of `train_config`, as callbacks.
+
+    A `WarmupCosineScheduler` over `schedule_steps` optimizer steps peaking at
+    `peak_learning_rate`, then `GradientClipping` when `train_config.clip_norm > 0`.
+    """
+    callbacks = [
+        llm_callbacks.WarmupCosineScheduler(
+            peak_learning_rate,
+            warmup_steps=int(round(train_config.warmup_fraction * schedule_steps)),
+            total_steps=schedule_steps,
+            min_learning_rate=peak_learning_rate * train_config.min_learning_rate_ratio,
+            decay=train_config.decay,
+        ),
+    ]
+    if train_config.clip_norm > 0:
+        callbacks.append(llm_callbacks.GradientClipping(max_norm=train_config.clip_norm))
+    return callbacks
+
+
 def common_callbacks(run_dir, train_config, schedule_steps, peak_learning_rate,
                      batch_size, sequence_length, resuming, peak_flops):
     """The callbacks every keras_llm training run uses (also the applications' runs).
@@ -232,18 +252,7 @@ def common_callbacks(run_dir, train_config, schedule_steps, peak_learning_rate,
     """
     stopper = StopOnNonFiniteLoss()
     step_logger = StepLogger(os.path.join(run_dir, STEPS), append=resuming)
-    warmup = int(round(train_config.warmup_fraction * schedule_steps))
-    callbacks = [
-        llm_callbacks.WarmupCosineScheduler(
-            peak_learning_rate,
-            warmup_steps=warmup,
-            total_steps=schedule_steps,
-            min_learning_rate=peak_learning_rate * train_config.min_learning_rate_ratio,
-            decay=train_config.decay,
-        ),
-    ]
-    if train_config.clip_norm > 0:
-        callbacks.append(llm_callbacks.GradientClipping(max_norm=train_config.clip_norm))
+    callbacks = schedule_callbacks(train_config, schedule_steps, peak_learning_rate)
     callbacks += [
         llm_callbacks.Throughput(batch_size, sequence_length, peak_flops=peak_flops),
         stopper,

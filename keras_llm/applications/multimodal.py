@@ -38,7 +38,6 @@ import time
 import keras
 import numpy as np
 
-from keras_llm import callbacks as llm_callbacks
 from keras_llm import evaluation, plots, training
 from keras_llm._io import write_json
 from keras_llm.config import ModelConfig, TrainConfig
@@ -157,17 +156,7 @@ def _callbacks(run_dir, train_config, steps_per_epoch, checkpoint, monitor):
     total_steps = steps_per_epoch * train_config.finetune_epochs
     peak = train_config.finetune_learning_rate
     step_logger = training.StepLogger(os.path.join(run_dir, training.STEPS))
-    callbacks = [
-        llm_callbacks.WarmupCosineScheduler(
-            peak,
-            warmup_steps=int(round(train_config.warmup_fraction * total_steps)),
-            total_steps=total_steps,
-            min_learning_rate=peak * train_config.min_learning_rate_ratio,
-            decay=train_config.decay,
-        )
-    ]
-    if train_config.clip_norm > 0:
-        callbacks.append(llm_callbacks.GradientClipping(max_norm=train_config.clip_norm))
+    callbacks = training.schedule_callbacks(train_config, total_steps, peak)
     callbacks += [
         step_logger,
         keras.callbacks.CSVLogger(os.path.join(run_dir, training.HISTORY)),

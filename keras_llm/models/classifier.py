@@ -49,6 +49,14 @@ class SequencePooling(keras.layers.Layer):
         return config
 
 
+def check_num_classes(num_classes):
+    """Raises a `ValueError` naming `num_classes` unless it is an integer >= 2."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(
+            f"num_classes must be an integer >= 2. Received num_classes={num_classes!r}."
+        )
+
+
 @keras.saving.register_keras_serializable(package="keras_llm")
 class Classifier(keras.Model):
     """Class logits `(batch, num_classes)` from a `TransformerBackbone`.
@@ -68,10 +76,7 @@ class Classifier(keras.Model):
                 "Classifier needs a keras_llm.models.TransformerBackbone. "
                 f"Received backbone={backbone!r}."
             )
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(
-                f"num_classes must be an integer >= 2. Received num_classes={num_classes!r}."
-            )
+        check_num_classes(num_classes)
         # === Layers ===
         self.backbone = backbone
         self.pooler = SequencePooling(pooling, name="pooling", dtype=backbone.dtype_policy)

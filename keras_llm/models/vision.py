@@ -18,7 +18,7 @@ import numpy as np
 from keras import ops
 
 from keras_llm.layers import PatchEmbedding, TokenAndPositionEmbedding, TransformerBlock
-from keras_llm.models.classifier import SequencePooling
+from keras_llm.models.classifier import SequencePooling, check_num_classes
 from keras_llm.models.losses import TokenCrossEntropy
 
 START_ID = 2  # the Tokenizer contract's `[BOS]`
@@ -176,10 +176,7 @@ class ImageClassifier(keras.Model):
                 "ImageClassifier needs a keras_llm.models.ImageBackbone. "
                 f"Received backbone={backbone!r}."
             )
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(
-                f"num_classes must be an integer >= 2. Received num_classes={num_classes!r}."
-            )
+        check_num_classes(num_classes)
         # === Layers ===
         self.backbone = backbone
         self.pooler = SequencePooling("mean", name="pooling", dtype=backbone.dtype_policy)
