@@ -185,8 +185,13 @@ for name, kwargs in SAMPLERS.items():
 
 # %%
 code_lm = code_run.model
+# The prompt ([BOS] + its tokens) and the completion share the model's context window: a
+# code tokenizer with a small vocabulary (the quick setting) spells the prompt in more pieces.
+prompt_length = 1 + len(code_lm.tokenizer.tokenize(CODE_PROMPT))
+new_tokens = min(MAX_NEW_TOKENS, code_lm.backbone.model_config.sequence_length - prompt_length)
+print(f"prompt: {prompt_length} tokens, completion: {new_tokens} tokens")
 for name in ("greedy", "top_p = 0.9"):
-    completion = code_lm.generate(CODE_PROMPT, max_new_tokens=MAX_NEW_TOKENS, seed=0,
+    completion = code_lm.generate(CODE_PROMPT, max_new_tokens=new_tokens, seed=0,
                                   **SAMPLERS[name])
     print(f"[{name}]\n{completion}\n")
 print(f"code model validation perplexity {code_run.metrics['validation_perplexity']:.1f}, "

@@ -275,3 +275,34 @@ def test_tokenizer_exports_through_keras_export_archive(tokenizer, tmp_path):
     served = reloaded.serve(strings)
     expected = model(tokenizer.encode(strings, length))
     np.testing.assert_allclose(served.numpy(), keras.ops.convert_to_numpy(expected), atol=1e-6)
+
+
+TRAIN_IN_A_FRESH_PROCESS = """
+import hashlib, random, sys
+from keras_llm.data import Tokenizer
+rng = random.Random(0)
+syllables = ["ka", "to", "mi", "re", "su", "no", "ha", "yu", "ze", "po", "def", "_x", "("]
+texts = [" ".join("".join(rng.choice(syllables) for _ in range(rng.randint(1, 4)))
+                  for _ in range(12)) for _ in range(300)]
+for whitespace in ("split", "keep"):
+    tokenizer = Tokenizer.train(texts, 120, lowercase=False, whitespace=whitespace)
+    print(hashlib.sha256("\\n".join(tokenizer.vocabulary).encode()).hexdigest())
+"""
+
+
+def test_training_gives_the_same_vocabulary_in_every_process():
+    # Oracle: fresh processes (each with its own hash-map seeds). The Hugging Face trainer
+    # alone gives different vocabularies from run to run on text with many count ties
+    # (huggingface/tokenizers#1794).
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", TRAIN_IN_A_FRESH_PROCESS],
+            check=True,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        ).stdout.split()
+        for _ in range(4)
+    ]
+    assert all(len(run) == 2 for run in runs), runs
+    assert all(run == runs[0] for run in runs), runs

@@ -31,6 +31,7 @@ A SavedModel holding this tokenizer uses tensorflow-text ops: the serving proces
 `import tensorflow_text` (importing `keras_llm.data` does) before `tf.saved_model.load`.
 """
 
+import collections
 import json
 import numbers
 import os
@@ -271,7 +272,8 @@ class Tokenizer(keras.layers.Layer):
         from characters never seen in training and from words over 100 bytes. With
         `whitespace="keep"` the layout tokens come right after the reserved ones and every
         character also gets its continuation piece (`"c"` and `"##c"`), so any word made of
-        seen characters is spelled, never `[UNK]`.
+        seen characters is spelled, never `[UNK]`. The same text gives the same vocabulary
+        in every process (word counting and the trainer's ids are order-independent).
 
         Args:
             dataset: `tf.data.Dataset` of scalar `tf.string` (one document each), or a list
@@ -322,10 +324,27 @@ class Tokenizer(keras.layers.Layer):
                 return _split_words(texts, lowercase).flat_values
 
         words = dataset.batch(batch_size).map(split, num_parallel_calls=tf.data.AUTOTUNE)
+        counts = collections.Counter()
+        for batch in words:
+            counts.update(word.decode("utf-8") for word in batch.numpy())
+        # The trainer gives a continuation piece ("##c") its id when it first meets it while
+        # walking a hash map, so ids (and the merges that break count ties by id) would
+        # change from one process to the next (huggingface/tokenizers#1794). Handing it
+        # every continuation piece up front, in sorted order, fixes the ids: the same text
+        # always gives the same vocabulary.
+        continuation = sorted({char for word in counts for char in word[1:]})
+        fixed = list(RESERVED_TOKENS) + layout
+        special = fixed + [SUFFIX_INDICATOR + char for char in continuation]
 
         def word_batches():
-            for batch in words:
-                yield [word.decode("utf-8") for word in batch.numpy()]
+            batch = []
+            for word, count in sorted(counts.items()):
+                batch.extend([word] * count)
+                if len(batch) >= batch_size * 64:
+                    yield batch
+                    batch = []
+            if batch:
+                yield batch
 
         learner = tokenizers.Tokenizer(
             tokenizers.models.WordPiece(
@@ -340,7 +359,7 @@ class Tokenizer(keras.layers.Layer):
         trainer = tokenizers.trainers.WordPieceTrainer(
             vocab_size=vocabulary_size,
             min_frequency=2,
-            special_tokens=list(RESERVED_TOKENS) + layout,
+            special_tokens=special,
             continuing_subword_prefix=SUFFIX_INDICATOR,
             show_progress=False,
         )
@@ -348,7 +367,6 @@ class Tokenizer(keras.layers.Layer):
         ids = learner.get_vocab()
         vocabulary = sorted(ids, key=ids.get)
         if whitespace == "keep":
-            fixed = list(RESERVED_TOKENS) + layout
             learned = [token for token in vocabulary if token not in fixed]
             single = [t for t in learned if len(t.removeprefix(SUFFIX_INDICATOR)) == 1]
             longer = [t for t in learned if len(t.removeprefix(SUFFIX_INDICATOR)) != 1]
