@@ -10,7 +10,7 @@ import tensorflow as tf
 from keras_llm import ModelConfig
 from keras_llm.data.tokenizer import Tokenizer
 from keras_llm.layers import TransformerBlock
-from keras_llm.layers.attention import causal_mask
+from keras_llm.layers.attention import causal_mask, decoding_weights
 from keras_llm.models import CausalLM, TransformerBackbone, generation
 
 VOCAB = 256
@@ -52,6 +52,55 @@ def test_block_call_cached_equals_call(attention):
     np.testing.assert_allclose(keras.ops.convert_to_numpy(actual), expected, atol=1e-5)
     assert keys.shape == values.shape == (2, 2, slots, 4)
     assert not np.any(keras.ops.convert_to_numpy(keys)[:, :, 6:])  # nothing past slot 5
+
+
+def _block_with_random_weights(attention):
+    """A built block whose every weight, biases included, is random (they start at zero)."""
+    block = TransformerBlock(num_heads=2, intermediate_dim=12, attention=attention)
+    block(np.zeros((1, 1, 8), "float32"))
+    rng = np.random.RandomState(1)
+    block.set_weights([rng.normal(size=w.shape).astype("float32") for w in block.get_weights()])
+    return block
+
+
+@pytest.mark.parametrize("attention", ["keras", "explicit"])
+def test_packed_decoding_weights_give_the_same_block(attention):
+    """`decoding_weights` (q, k, v in one product) against the per-sublayer path, for a
+    prefill of 6 positions and then one decoding step, random biases included."""
+    block = _block_with_random_weights(attention)
+    packed = decoding_weights(block.attention_layer)
+    assert packed["qkv_kernel"].shape == (8, 3 * 8) and packed["output_kernel"].shape == (8, 8)
+    rng = np.random.RandomState(0)
+    x = rng.normal(size=(2, 6, 8)).astype("float32")
+    slots = 9
+    empty = np.zeros((2, 2, slots, 4), "float32")
+    mask = np.broadcast_to(causal_mask(6, slots)[None], (2, 6, slots))
+    expected = block.call_cached(x, empty, empty, 0, mask)
+    actual = block.call_cached(x, empty, empty, 0, mask, packed)
+    for a, e in zip(actual, expected, strict=True):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(a), e, atol=1e-5)
+    # One new position at slot 6, attending slots 0..6 (the decoding loop's shape).
+    step = rng.normal(size=(2, 1, 8)).astype("float32")
+    step_mask = np.broadcast_to((np.arange(slots) <= 6)[None, None], (2, 1, slots))
+    expected = block.call_cached(step, expected[1], expected[2], 6, step_mask)
+    actual = block.call_cached(step, actual[1], actual[2], 6, step_mask, packed)
+    for a, e in zip(actual, expected, strict=True):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(a), e, atol=1e-5)
+    # Oracle for the step: the ordinary block over all 7 positions, last row.
+    full = keras.ops.convert_to_numpy(block(np.concatenate([x, step], axis=1)))[:, -1:]
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(actual[0]), full, atol=1e-4)
+
+
+def test_quantized_model_decodes_through_its_own_layers():
+    model = _lm()
+    model.quantize("int8")
+    attention = model.backbone.transformer_blocks[0].attention_layer
+    assert decoding_weights(attention) is None  # int8 kernels: no packed copy
+    cached = generation.generate_ids(model, ROWS, max_new_tokens=4, stop_at_end=False)
+    naive = generation.generate_ids(
+        model, ROWS, max_new_tokens=4, stop_at_end=False, use_cache=False
+    )
+    assert cached == naive
 
 
 @pytest.mark.parametrize("attention", ["keras", "explicit"])

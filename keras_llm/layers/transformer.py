@@ -157,7 +157,7 @@ class TransformerBlock(keras.layers.Layer):
             return x, scores
         return x
 
-    def call_cached(self, x, key_cache, value_cache, cache_index, attention_mask):
+    def call_cached(self, x, key_cache, value_cache, cache_index, attention_mask, weights=None):
         """The block on new positions only, reading and extending a key/value cache.
 
         Same weights and the same numbers as `call` (inference: no dropout), but attention
@@ -170,13 +170,16 @@ class TransformerBlock(keras.layers.Layer):
             cache_index: int scalar (tensor): cache slot of the first new position.
             attention_mask: bool `(batch, T, S)`: True where a new position may attend a
                 slot (the caller encodes causality and padding here, once for all blocks).
+            weights: optional `attention.decoding_weights(self.attention_layer)`, made once
+                outside a decoding loop (faster projections; the same numbers).
 
         Returns:
             `(x (batch, T, hidden_dim), key_cache, value_cache)`.
         """
         h = self.attention_norm(x)
         attended, key_cache, value_cache = cached_attention(
-            self.attention_layer, h, key_cache, value_cache, cache_index, attention_mask
+            self.attention_layer, h, key_cache, value_cache, cache_index, attention_mask,
+            weights=weights,
         )
         x = x + attended
         h = self.feedforward_norm(x)
