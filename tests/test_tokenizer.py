@@ -173,6 +173,14 @@ def test_nasty_inputs_never_crash(tokenizer, where):
     assert b"cafe deja vu" in tokenizer.detokenize(ids[2]).numpy()
 
 
+def test_text_after_a_nul_byte_is_kept(tokenizer):
+    # Oracle: the same text with a space where the NUL was (a NUL is a separator).
+    for text in ["alpha\x00beta gamma", "the film\x00\x00was good", "\x00lead and trail\x00"]:
+        expected = tokenizer.tokenize(text.replace("\x00", " ")).numpy().tolist()
+        assert tokenizer.tokenize(text).numpy().tolist() == expected
+        assert len(expected) >= 3
+
+
 def test_save_load_and_keras_config_round_trip(tokenizer, tmp_path, texts):
     tokenizer.save(str(tmp_path / "tok"))
     assert sorted(os.listdir(tmp_path / "tok")) == ["tokenizer.json", "vocabulary.txt"]

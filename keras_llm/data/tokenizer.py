@@ -10,8 +10,8 @@ How text becomes words:
 1. bytes that are not valid UTF-8 are replaced by U+FFFD (so no input can make an op fail);
 2. with `lowercase=True`, text is case-folded and accents are stripped (NFD, then marks
    removed), as in BERT's uncased tokenizers;
-3. words are split at whitespace (any Unicode separator) and control characters, and every
-   punctuation mark and CJK character becomes a word of its own.
+3. words are split at whitespace (any Unicode separator) and control characters (NUL
+   included), and every punctuation mark and CJK character becomes a word of its own.
 A word longer than 100 bytes, or one the vocabulary cannot spell, becomes `[UNK]`.
 
 Whitespace: with the default `whitespace="split"`, whitespace only separates words and is
@@ -92,6 +92,9 @@ def _split_words(texts, lowercase, whitespace="split"):
         texts = tf.strings.regex_replace(texts, r"\p{Mn}", "")
     if whitespace == "keep":
         return _split_code_words(texts)
+    # tensorflow-text's regex_split stops reading a text at its first NUL byte; a NUL is a
+    # control character (a separator, step 3), so it becomes a space first.
+    texts = tf.strings.regex_replace(texts, r"\x00", " ")
     return tf_text.regex_split(texts, _SPLIT_PATTERN, _KEEP_PATTERN)
 
 
