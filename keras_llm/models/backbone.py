@@ -8,6 +8,14 @@ from keras_llm.config import ModelConfig
 from keras_llm.layers import TokenAndPositionEmbedding, TransformerBlock
 
 
+def with_backbone_deserialized(config):
+    """A copy of a task model's `get_config()` with its `backbone` entry rebuilt as a layer:
+    what `CausalLM`, `Classifier` and `ImageClassifier` `from_config` need."""
+    config = dict(config)
+    config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
+    return config
+
+
 def _as_model_config(config, overrides):
     if config is None:
         config = ModelConfig()

@@ -4,7 +4,7 @@ import keras
 
 from keras_llm.models import generation
 from keras_llm.models.attached import AttachedTokenizer
-from keras_llm.models.backbone import TransformerBackbone
+from keras_llm.models.backbone import TransformerBackbone, with_backbone_deserialized
 from keras_llm.models.losses import TokenCrossEntropy
 
 
@@ -142,6 +142,4 @@ class CausalLM(keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
-        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
-        return cls(**config)
+        return cls(**with_backbone_deserialized(config))

@@ -4,7 +4,7 @@ import keras
 from keras import ops
 
 from keras_llm.models.attached import AttachedTokenizer
-from keras_llm.models.backbone import TransformerBackbone
+from keras_llm.models.backbone import TransformerBackbone, with_backbone_deserialized
 
 POOLINGS = ("mean", "last")
 
@@ -106,6 +106,4 @@ class Classifier(keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
-        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
-        return cls(**config)
+        return cls(**with_backbone_deserialized(config))

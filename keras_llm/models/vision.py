@@ -18,6 +18,7 @@ import numpy as np
 from keras import ops
 
 from keras_llm.layers import PatchEmbedding, TokenAndPositionEmbedding, TransformerBlock
+from keras_llm.models.backbone import with_backbone_deserialized
 from keras_llm.models.classifier import SequencePooling, check_num_classes
 from keras_llm.models.losses import TokenCrossEntropy
 
@@ -201,9 +202,7 @@ class ImageClassifier(keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
-        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
-        return cls(**config)
+        return cls(**with_backbone_deserialized(config))
 
 
 @keras.saving.register_keras_serializable(package="keras_llm")
