@@ -185,7 +185,9 @@ def decoding_weights(layer):
     width = heads * head_dim
 
     def flat_bias(bias, size):
-        return ops.zeros((size,), dtype) if bias is None else ops.cast(ops.reshape(bias, (size,)), dtype)
+        if bias is None:
+            return ops.zeros((size,), dtype)
+        return ops.cast(ops.reshape(bias, (size,)), dtype)
 
     return {
         "qkv_kernel": ops.cast(
