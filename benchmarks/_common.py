@@ -4,6 +4,7 @@
   ...) so that slow drifts of the machine (other jobs, thermal limits) hit all of them alike.
 - `summarize`: median, min and spread of a list of timings.
 - `matmul_peak_flops`: a measured matrix-multiply peak (FLOP/s) to compute MFU against.
+- `machine`: the machine class and description every benchmark prints and records.
 - `markdown_table`: a table that reads well in a terminal and pastes into a README.
 
 Nothing here imports keras_llm: a benchmark imports keras_llm first (it sets up the backend and
@@ -70,22 +71,28 @@ def summarize(values):
 def matmul_peak_flops(dtype="float32", size=2048, repeats=10):
     """Best achieved FLOP/s of `tf.matmul` on two `(size, size)` matrices of `dtype`.
 
-    One warm-up call, then `repeats` timed calls (CPU ops run synchronously in eager mode, and
-    `.numpy()` makes sure the result exists); the fastest call counts, because the question is
-    what the machine can do, not what it did while something else was running.
+    `keras_llm.hardware.matmul_peak` with no time limit: `repeats` timed calls after a
+    warm-up, the fastest counting.
     """
-    import tensorflow as tf
+    from keras_llm import hardware
 
-    a = tf.random.stateless_normal((size, size), seed=(1, 2), dtype=tf.float32)
-    b = tf.random.stateless_normal((size, size), seed=(3, 4), dtype=tf.float32)
-    a, b = tf.cast(a, dtype), tf.cast(b, dtype)
-    tf.linalg.matmul(a, b).numpy()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        tf.linalg.matmul(a, b).numpy()
-        best = min(best, time.perf_counter() - start)
-    return 2.0 * size**3 / best
+    return hardware.matmul_peak(seconds=float("inf"), size=size, dtype=dtype, repeats=repeats)
+
+
+def machine():
+    """This machine as the benchmarks report it: `(line for the header, dict for JSON)`.
+
+    The class (`amx`, `avx512_bf16`, `avx2`, ..., `gpu`) says which README column a figure
+    belongs to; the precision `"auto"` would choose here is part of it.
+    """
+    from keras_llm import hardware
+
+    found = hardware.detect()
+    policy, reason = hardware.choose_precision("auto", found)
+    record = {**found.to_dict(), "auto_precision": policy, "auto_precision_reason": reason}
+    line = (f"machine class: {found.machine_class} ({hardware.describe(found)}); "
+            f"precision 'auto' here: {policy}")
+    return line, record
 
 
 def format_si(value, unit=""):

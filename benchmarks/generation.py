@@ -42,7 +42,7 @@ import keras  # noqa: E402
 import keras_hub  # noqa: E402
 import numpy as np  # noqa: E402
 
-from _common import interleaved_rounds, markdown_table  # noqa: E402
+from _common import interleaved_rounds, machine, markdown_table  # noqa: E402
 from keras_llm import ModelConfig  # noqa: E402
 from keras_llm.models import CausalLM, TransformerBackbone, generation  # noqa: E402
 
@@ -117,6 +117,7 @@ def main(argv=None):
 
     config = dataclasses.replace(ModelConfig.preset("small"), sequence_length=args.sequence_length)
     ours, theirs = build_models(config)
+    print(machine()[0])
     print(
         f"`small` preset with sequence_length={config.sequence_length}: "
         f"{ours.count_params():,} parameters (keras_llm), {theirs.count_params():,} "

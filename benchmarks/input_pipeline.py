@@ -39,7 +39,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
-from _common import markdown_table  # noqa: E402
+from _common import machine, markdown_table  # noqa: E402
 
 import keras_llm  # noqa: E402  (sets the backend before TensorFlow starts)
 
@@ -196,7 +196,9 @@ def main(argv=None):
         "load_average_before": load_before,
         "load_average_after": _load_average(),
         "tensorflow": tf.__version__,
+        "machine": machine()[1],
     }
+    print(machine()[0])
     print(
         f"\nInput pipeline vs training, preset {preset!r} (vocabulary {tokenizer.vocabulary_size},"
         f" sequence {config.sequence_length}), batch {args.batch_size}:\n"

@@ -309,6 +309,7 @@ def main(argv=None):
         f"# Profile of one training step: keras_llm CausalLM, preset {args.preset!r}, batch "
         f"{args.batch_size}, AdamW, XLA off; load average {load} at start"
     )
+    print(_common.machine()[0])
     summaries = {}
     for precision in precisions:
         start = time.perf_counter()

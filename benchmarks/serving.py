@@ -44,7 +44,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from _common import interleaved_rounds, markdown_table  # noqa: E402
+from _common import interleaved_rounds, machine, markdown_table  # noqa: E402
 from keras_llm import ModelConfig, TrainConfig, export  # noqa: E402
 from keras_llm import data as llm_data  # noqa: E402
 from keras_llm.models import Classifier, TransformerBackbone  # noqa: E402
@@ -161,6 +161,7 @@ def main(argv=None):
                 f"{predict_p50 / p50:.1f}x",
             ]
         )
+    print(machine()[0])
     print(
         f"{description}; sequence_length {length}; batch 1: {len(singles) * rounds} calls, "
         f"batch 64: {len(sixty_fours) * rounds} calls per contender; "

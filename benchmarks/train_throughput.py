@@ -431,6 +431,8 @@ def _run(args):
     batch = (ids[:, :-1].astype("int32"), ids[:, 1:].astype("int32"))
 
     print(f"# Training throughput: preset {args.preset!r}, batch {args.batch_size}")
+    machine_line, machine_record = _common.machine()
+    print(machine_line)
     print(
         f"config: {json.dumps(dataclasses.asdict(config))}\n"
         f"machine: {platform.machine()}, {cores} cores available, load average {load_start} "
@@ -646,6 +648,7 @@ def _run(args):
         peak_flops=peak,
         peak_source=peak_source,
         cores=cores,
+        machine=machine_record,
         load_average=[load_start, load_end],
         other_processes_cpu_share=others.share,
         versions=dict(

@@ -1,7 +1,8 @@
 """keras_llm: a Keras 3 reference implementation of the kernel of an LLM system.
 
 Public names: `ModelConfig`, `TrainConfig`, and the submodules `layers`, `models`, `data`,
-`callbacks`, `metrics`, `training`, `evaluation`, `export`, `plots`, `applications`.
+`callbacks`, `metrics`, `training`, `evaluation`, `export`, `plots`, `applications`,
+`hardware`.
 """
 
 from keras_llm._env import configure_environment
@@ -21,7 +22,8 @@ def __getattr__(name):
     import importlib
 
     if name in {
-        "data", "callbacks", "metrics", "training", "evaluation", "export", "plots", "applications"
+        "data", "callbacks", "metrics", "training", "evaluation", "export", "plots", "applications",
+        "hardware",
     }:
         return importlib.import_module(f"keras_llm.{name}")
     raise AttributeError(f"module 'keras_llm' has no attribute {name!r}")

@@ -12,6 +12,7 @@ list order and appends its own `History` and progress bar last, so put `CSVLogge
   bound, or AutoClip's adaptive percentile) and logs the norm before clipping.
 - `Throughput`: tokens per second, FLOP/s, model FLOPs utilization and cumulative FLOPs.
 - `training_flops_per_token`: the FLOP count behind `Throughput`.
+- `TimeLeft`: prints an estimate of the time left after the first few steps.
 
 These callbacks target the TensorFlow backend (the one `keras_llm` selects): the clipping
 runs TensorFlow ops inside the train step and takes part in `tf.distribute`.
@@ -733,3 +734,77 @@ class Throughput(keras.callbacks.Callback):
         if logs is not None:
             logs.update(self._rates(self._epoch_tokens, self._epoch_seconds))
             logs["training_flops"] = self._training_flops()
+
+
+def format_duration(seconds):
+    """`75` -> `"1 min 15 s"`, `4000` -> `"1 h 7 min"`, `9.4` -> `"9 s"`."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min"
+
+
+class TimeLeft(keras.callbacks.Callback):
+    """Prints, once, an estimate of the training time left, after the first few steps.
+
+    The first step of a `fit` traces and compiles, so timing starts after it; after
+    `after_steps` more steps the mean step time gives the estimate for the steps left
+    (`total_steps` minus `optimizer.iterations`, so a resumed run is counted right). Time
+    spent in validation and evaluation is not included. `then` adds later work measured in
+    this run's steps (e.g. a fine-tuning that follows pretraining), named by `then_label`.
+
+    Args:
+        total_steps: int. Optimizer steps the run makes in all.
+        after_steps: int. Steps timed before the estimate. Defaults to `5`.
+        label: str. What the run is, in the printed line. Defaults to `"training"`.
+        then: float. Further work, in units of this run's step. Defaults to `0`.
+        then_label: str. What the further work is. Defaults to `"the rest"`.
+        print_fn: callable taking one string. Defaults to `print`.
+
+    The estimate is also in `self.estimate` (a dict: `seconds_per_step`, `seconds_left`,
+    `then_seconds`) once printed.
+    """
+
+    def __init__(self, total_steps, after_steps=5, label="training", then=0.0,
+                 then_label="the rest", print_fn=print):
+        super().__init__()
+        for name, value in (("total_steps", total_steps), ("after_steps", after_steps)):
+            if not _is_int(value) or value < 1:
+                raise ValueError(
+                    f"TimeLeft: {name} must be an integer >= 1. Received {name}={value!r}."
+                )
+        if not _is_number(then) or then < 0:
+            raise ValueError(f"TimeLeft: then must be a number >= 0. Received then={then!r}.")
+        self.total_steps = int(total_steps)
+        self.after_steps = int(after_steps)
+        self.label = label
+        self.then = float(then)
+        self.then_label = then_label
+        self.print_fn = print_fn
+        self.estimate = None
+        self._start = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.estimate is not None:
+            return
+        done = _iterations(self.model.optimizer)
+        if self._start is None:  # the first step traced and compiled: start timing now
+            self._start = (time.perf_counter(), done)
+            return
+        timed = done - self._start[1]
+        if timed < self.after_steps and done < self.total_steps:
+            return
+        per_step = (time.perf_counter() - self._start[0]) / max(timed, 1)
+        left = max(self.total_steps - done, 0) * per_step
+        self.estimate = {"seconds_per_step": per_step, "seconds_left": left,
+                         "then_seconds": self.then * per_step}
+        line = (f"  time left: about {format_duration(left)} of {self.label} "
+                f"({per_step:.2f} s a step over {timed} steps, {self.total_steps - done} to go)")
+        if self.then:
+            line += (f", then about {format_duration(self.then * per_step)} of "
+                     f"{self.then_label}")
+        self.print_fn(line)

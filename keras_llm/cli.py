@@ -75,7 +75,9 @@ def _add_common(parser, default_run_dir, model_preset=True):
     parser.add_argument("--seed", type=int, help="random seed")
     parser.add_argument("--strategy", choices=["default", "mirrored", "multi_worker"],
                         help="tf.distribute strategy")
-    parser.add_argument("--precision", choices=["float32", "mixed_bfloat16"])
+    parser.add_argument("--precision", choices=["auto", "float32", "mixed_bfloat16"],
+                        help="dtype policy (default: auto, mixed_bfloat16 only where the "
+                        "hardware computes bfloat16 natively)")
     parser.add_argument("--data-dir", help="tensorflow-datasets directory")
 
 
@@ -392,24 +394,51 @@ def cmd_study(args):
     return 0
 
 
+def _finetune_steps(train, data_dir):
+    """Optimizer steps the quickstart's fine-tuning makes (for the time estimate)."""
+    from keras_llm import data
+
+    per_epoch = train.finetune_steps_per_epoch
+    if not per_epoch:
+        examples = int(data.load_text_classification("rotten_tomatoes", "train", data_dir)
+                       .cardinality().numpy())
+        per_epoch = -(-examples // train.batch_size)
+    return per_epoch * train.finetune_epochs
+
+
 def cmd_quickstart(args):
-    from keras_llm import export, training
+    from keras_llm import callbacks, export, hardware, training
 
     start = time.perf_counter()
     model, train = _configs(args, "quick" if args.quick else "small")
     pretrain_dir = os.path.join(args.run_dir, "pretrain")
     finetune_dir = os.path.join(args.run_dir, "finetune")
     export_dir = os.path.join(finetune_dir, "export")
+    machine = hardware.detect()
+    peak = hardware.matmul_peak()
+    policy, reason = hardware.choose_precision(train.precision, machine)
     print(f"keras_llm quickstart ({'quick' if args.quick else 'full'}): model preset "
           f"{args.preset!r}, {train.pretrain_steps} pretraining steps, "
-          f"{train.finetune_epochs} fine-tuning epoch(s), precision {train.precision}")
+          f"{train.finetune_epochs} fine-tuning epoch(s)")
+    print(f"machine: {hardware.describe(machine, peak)}")
+    hardware.announce_precision(policy, reason)  # said once, here
 
+    finetune_steps = _finetune_steps(train, args.data_dir)
     print("\n[1/4] Pretraining a causal LM on keras_llm_corpus (tokenizer trained first)")
-    pre = training.pretrain(model, train, data="keras_llm_corpus", run_dir=pretrain_dir,
-                            data_dir=args.data_dir, verbose=2)
+    # A fine-tuning step holds classifier_sequence_length tokens a row, not sequence_length.
+    share = train.classifier_sequence_length / model.sequence_length
+    pre = training.pretrain(
+        model, train, data="keras_llm_corpus", run_dir=pretrain_dir, data_dir=args.data_dir,
+        peak_flops=peak, verbose=2, callbacks=[callbacks.TimeLeft(
+            train.pretrain_steps, label="pretraining", then=finetune_steps * share,
+            then_label="fine-tuning at the same tokens/s")],
+    )
     print("\n[2/4] Fine-tuning a sentiment classifier on rotten_tomatoes")
-    fine = training.finetune(train, data="rotten_tomatoes", run_dir=finetune_dir,
-                             pretrained=pretrain_dir, data_dir=args.data_dir, verbose=2)
+    fine = training.finetune(
+        train, data="rotten_tomatoes", run_dir=finetune_dir, pretrained=pretrain_dir,
+        data_dir=args.data_dir, peak_flops=peak, verbose=2,
+        callbacks=[callbacks.TimeLeft(finetune_steps, label="fine-tuning")],
+    )
     print("\n[3/4] Exporting SavedModels that take raw strings (float, int8) and TFLite")
     report = export.export_all(finetune_dir, output_dir=export_dir, data_dir=args.data_dir,
                                quantize=not args.quick, tflite=not args.quick)

@@ -12,7 +12,7 @@ import os
 INITIALIZERS = ("glorot_uniform", "he_normal", "gpt2")
 ATTENTIONS = ("keras", "explicit")
 ACTIVATIONS = ("gelu", "relu", "silu", "tanh")
-PRECISIONS = ("float32", "mixed_bfloat16")
+PRECISIONS = ("auto", "float32", "mixed_bfloat16")
 DECAYS = ("cosine", "linear", "inverse_sqrt")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 
@@ -222,7 +222,11 @@ class TrainConfig(_PresetMixin):
         augment_swap: float. Random swap rate. Defaults to `0.0`.
         augment_mask: float. Random masking rate. Defaults to `0.0`.
         seed: int. Seeds weights, shuffling and augmentation. Defaults to `1337`.
-        precision: str. `"float32"` or `"mixed_bfloat16"`. Defaults to `"mixed_bfloat16"`.
+        precision: str. `"auto"`, `"float32"` or `"mixed_bfloat16"`. `"auto"` trains in
+            `mixed_bfloat16` where bfloat16 matrix products run in hardware (AMX-BF16 or
+            AVX512-BF16 CPUs, GPUs of compute capability >= 8.0) and in float32 elsewhere,
+            where bfloat16 is emulated and about 2x slower (`keras_llm.hardware`).
+            Defaults to `"auto"`.
         jit_compile: bool. Compile the whole train step with XLA. Defaults to `False` (XLA's
             CPU matmuls don't use AMX, so bf16 runs faster through oneDNN).
         steps_per_execution: int. Train steps per host round trip. Defaults to `1`.
@@ -246,7 +250,7 @@ class TrainConfig(_PresetMixin):
     augment_swap: float = 0.0
     augment_mask: float = 0.0
     seed: int = 1337
-    precision: str = "mixed_bfloat16"
+    precision: str = "auto"
     jit_compile: bool = False
     steps_per_execution: int = 1
     strategy: str = "default"

@@ -2,7 +2,8 @@
 
 Every run writes into its `run_dir`:
 
-    run.json                                kind of run, data set, tokenizer mode, pretrained source
+    run.json                                kind of run, data set, tokenizer mode, pretrained
+                                            source, precision used and why (and the machine)
     model_config.json, train_config.json   what was trained, reloadable
     tokenizer/                              the tokenizer (Tokenizer.save)
     backbone.keras, causal_lm.keras         after pretraining
@@ -33,8 +34,8 @@ import tensorflow as tf
 
 from keras_llm import callbacks as llm_callbacks
 from keras_llm import data as llm_data
+from keras_llm import hardware, plots
 from keras_llm import metrics as llm_metrics
-from keras_llm import plots
 from keras_llm._io import read_json, write_json
 from keras_llm.config import ModelConfig, TrainConfig
 from keras_llm.models import CausalLM, Classifier, TransformerBackbone
@@ -75,9 +76,16 @@ class RunResult:
 
 @contextlib.contextmanager
 def precision_policy(precision):
-    """Sets the Keras global dtype policy for the block, then restores the previous one."""
+    """Sets the Keras global dtype policy for the block, then restores the previous one.
+
+    `"auto"` becomes `mixed_bfloat16` or `float32` from the hardware
+    (`keras_llm.hardware.choose_precision`); the choice and its reason are printed once.
+    """
+    policy, reason = hardware.choose_precision(precision)
+    if precision == hardware.AUTO:
+        hardware.announce_precision(policy, reason)
     previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(precision)
+    keras.mixed_precision.set_global_policy(policy)
     try:
         yield
     finally:
@@ -367,6 +375,7 @@ def pretrain(
     write_json(os.path.join(run_dir, RUN_METADATA), {
         "kind": "pretrain", "dataset": data if isinstance(data, str) else None,
         "tokenizer": {"lowercase": tokenizer.lowercase, "whitespace": tokenizer.whitespace},
+        "precision": hardware.precision_record(train_config.precision),
     })
 
     total_steps = train_config.pretrain_steps
@@ -588,6 +597,7 @@ def finetune(
         "kind": "finetune", "dataset": data,
         "pretrained": os.path.abspath(backbone_path) if backbone_path else None,
         "pooling": pooling,
+        "precision": hardware.precision_record(train_config.precision),
     })
     train_config.save(os.path.join(run_dir, TRAIN_CONFIG))
 

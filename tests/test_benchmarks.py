@@ -95,6 +95,14 @@ def test_train_throughput_quick_run(throughput, tmp_path, capsys):
         assert all(r["parameters"] == by_model["keras_llm"]["parameters"] for r in peers)
         assert "keras_llm best (float32, XLA off) / peer" in printed
     assert keras.mixed_precision.global_policy().name == "float32"
+    # Every figure says which machine class it comes from.
+    from keras_llm import hardware
+
+    machine_class = hardware.detect().machine_class
+    assert f"machine class: {machine_class} (" in printed
+    recorded = json.loads(path.read_text())["machine"]
+    assert recorded["machine_class"] == machine_class
+    assert recorded["auto_precision"] == hardware.choose_precision("auto")[0]
 
 
 def test_profile_categories():

@@ -50,8 +50,8 @@ import numpy as np
 import tensorflow as tf
 
 from keras_llm import data as llm_data
+from keras_llm import hardware, plots, training
 from keras_llm import metrics as llm_metrics
-from keras_llm import plots, training
 from keras_llm._io import read_json, write_json
 from keras_llm.config import TrainConfig
 from keras_llm.models import CausalLM
@@ -477,6 +477,7 @@ def finetune_dialogue(
     write_json(os.path.join(run_dir, training.RUN_METADATA), {
         "kind": "dialogue", "dataset": "debates/turns",
         "pretrained": os.path.abspath(pretrained_run_dir),
+        "precision": hardware.precision_record(train_config.precision),
     })
     write_json(os.path.join(run_dir, DIALOGUE), {
         "speakers": speakers, "moderators": moderators, "names": names,

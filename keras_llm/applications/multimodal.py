@@ -38,7 +38,7 @@ import time
 import keras
 import numpy as np
 
-from keras_llm import evaluation, plots, training
+from keras_llm import evaluation, hardware, plots, training
 from keras_llm._io import write_json
 from keras_llm.config import ModelConfig, TrainConfig
 from keras_llm.data import digits
@@ -178,6 +178,7 @@ def _write_configs(run_dir, kind, model_config, train_config, patch_size, splits
         "patch_size": list(patch_size),
         "split_seed": split_seed,
         "split_sizes": {name: len(split) for name, split in splits.items()},
+        "precision": hardware.precision_record(train_config.precision),
     })
 
 

