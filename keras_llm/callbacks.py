@@ -755,36 +755,41 @@ class TimeLeft(keras.callbacks.Callback):
     `after_steps` more steps the mean step time gives the estimate for the steps left
     (`total_steps` minus `optimizer.iterations`, so a resumed run is counted right). Time
     spent in validation and evaluation is not included. `then` adds later work measured in
-    this run's steps (e.g. a fine-tuning that follows pretraining), named by `then_label`.
+    this run's steps (e.g. a fine-tuning that follows pretraining), named by `then_label`;
+    a callable is called when the estimate is made (the work may be known only by then).
 
     Args:
         total_steps: int. Optimizer steps the run makes in all.
         after_steps: int. Steps timed before the estimate. Defaults to `5`.
         label: str. What the run is, in the printed line. Defaults to `"training"`.
-        then: float. Further work, in units of this run's step. Defaults to `0`.
+        then: float, or a callable returning one. Further work, in units of this run's
+            step. Defaults to `0`.
         then_label: str. What the further work is. Defaults to `"the rest"`.
-        print_fn: callable taking one string. Defaults to `print`.
+        print_fn: callable taking one string. Defaults to `print` (flushed, so the line
+            shows at once in a piped log too).
 
     The estimate is also in `self.estimate` (a dict: `seconds_per_step`, `seconds_left`,
     `then_seconds`) once printed.
     """
 
     def __init__(self, total_steps, after_steps=5, label="training", then=0.0,
-                 then_label="the rest", print_fn=print):
+                 then_label="the rest", print_fn=None):
         super().__init__()
         for name, value in (("total_steps", total_steps), ("after_steps", after_steps)):
             if not _is_int(value) or value < 1:
                 raise ValueError(
                     f"TimeLeft: {name} must be an integer >= 1. Received {name}={value!r}."
                 )
-        if not _is_number(then) or then < 0:
-            raise ValueError(f"TimeLeft: then must be a number >= 0. Received then={then!r}.")
+        if not callable(then) and (not _is_number(then) or then < 0):
+            raise ValueError(
+                f"TimeLeft: then must be a number >= 0 or a callable. Received then={then!r}."
+            )
         self.total_steps = int(total_steps)
         self.after_steps = int(after_steps)
         self.label = label
-        self.then = float(then)
+        self.then = then if callable(then) else float(then)
         self.then_label = then_label
-        self.print_fn = print_fn
+        self.print_fn = print_fn or (lambda line: print(line, flush=True))
         self.estimate = None
         self._start = None
 
@@ -800,11 +805,11 @@ class TimeLeft(keras.callbacks.Callback):
             return
         per_step = (time.perf_counter() - self._start[0]) / max(timed, 1)
         left = max(self.total_steps - done, 0) * per_step
+        then = float(self.then()) if callable(self.then) else self.then
         self.estimate = {"seconds_per_step": per_step, "seconds_left": left,
-                         "then_seconds": self.then * per_step}
+                         "then_seconds": then * per_step}
         line = (f"  time left: about {format_duration(left)} of {self.label} "
                 f"({per_step:.2f} s a step over {timed} steps, {self.total_steps - done} to go)")
-        if self.then:
-            line += (f", then about {format_duration(self.then * per_step)} of "
-                     f"{self.then_label}")
+        if then:
+            line += f", then about {format_duration(then * per_step)} of {self.then_label}"
         self.print_fn(line)

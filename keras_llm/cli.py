@@ -394,16 +394,20 @@ def cmd_study(args):
     return 0
 
 
-def _finetune_steps(train, data_dir):
-    """Optimizer steps the quickstart's fine-tuning makes (for the time estimate)."""
+def _finetune_batches(train, pretrain_dir, data_dir):
+    """`(steps, mean width)` of the quickstart's fine-tuning, from the pretraining run's
+    tokenizer and the preset's length buckets: what the time estimates need."""
     from keras_llm import data
 
-    per_epoch = train.finetune_steps_per_epoch
-    if not per_epoch:
-        examples = int(data.load_text_classification("rotten_tomatoes", "train", data_dir)
-                       .cardinality().numpy())
-        per_epoch = -(-examples // train.batch_size)
-    return per_epoch * train.finetune_epochs
+    tokenizer = data.Tokenizer.load(os.path.join(pretrain_dir, "tokenizer"))
+    pairs = data.load_text_classification("rotten_tomatoes", "train", data_dir)
+    batches = data.classification_dataset(
+        pairs, tokenizer, train.classifier_sequence_length, train.batch_size,
+        bucket_boundaries=train.length_buckets or None,
+    )
+    widths = [int(ids.shape[1]) for ids, _ in batches]
+    per_epoch = train.finetune_steps_per_epoch or len(widths)
+    return per_epoch * train.finetune_epochs, sum(widths) / len(widths)
 
 
 def cmd_quickstart(args):
@@ -423,17 +427,19 @@ def cmd_quickstart(args):
     print(f"machine: {hardware.describe(machine, peak)}")
     hardware.announce_precision(policy, reason)  # said once, here
 
-    finetune_steps = _finetune_steps(train, args.data_dir)
+    def finetune_work():  # in pretraining steps: a step's cost goes with its tokens
+        steps, width = _finetune_batches(train, pretrain_dir, args.data_dir)
+        return steps * width / model.sequence_length
+
     print("\n[1/4] Pretraining a causal LM on keras_llm_corpus (tokenizer trained first)")
-    # A fine-tuning step holds classifier_sequence_length tokens a row, not sequence_length.
-    share = train.classifier_sequence_length / model.sequence_length
     pre = training.pretrain(
         model, train, data="keras_llm_corpus", run_dir=pretrain_dir, data_dir=args.data_dir,
         peak_flops=peak, verbose=2, callbacks=[callbacks.TimeLeft(
-            train.pretrain_steps, label="pretraining", then=finetune_steps * share,
+            train.pretrain_steps, label="pretraining", then=finetune_work,
             then_label="fine-tuning at the same tokens/s")],
     )
     print("\n[2/4] Fine-tuning a sentiment classifier on rotten_tomatoes")
+    finetune_steps, _ = _finetune_batches(train, pretrain_dir, args.data_dir)
     fine = training.finetune(
         train, data="rotten_tomatoes", run_dir=finetune_dir, pretrained=pretrain_dir,
         data_dir=args.data_dir, peak_flops=peak, verbose=2,

@@ -73,7 +73,11 @@ class _PresetMixin:
         return value
 
     def to_dict(self):
-        return dataclasses.asdict(self)
+        """The fields as JSON values (tuples as lists), equal to what `save` writes."""
+        return {
+            key: list(value) if isinstance(value, tuple) else value
+            for key, value in dataclasses.asdict(self).items()
+        }
 
     @classmethod
     def from_dict(cls, values):
@@ -194,6 +198,14 @@ ModelConfig.PRESETS = {
 }
 
 
+# Fine-tuning batch widths of the `quick` and `small` presets. Review snippets average 26
+# tokens (median 26, 90th percentile 43, of 64 kept): fixed 64-wide batches are 59% padding.
+# With these buckets a fine-tuning epoch on rotten_tomatoes computes on about half the tokens
+# and took 178 s instead of 259 s for 3 epochs (AMX machine, bf16), test macro-F1 0.748
+# against 0.749.
+LENGTH_BUCKETS = (16, 24, 32, 40, 48)
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig(_PresetMixin):
     """How a run trains: batch, budget, learning-rate schedule, clipping, precision.
@@ -211,6 +223,10 @@ class TrainConfig(_PresetMixin):
             Defaults to `0`.
         classifier_sequence_length: int. Tokens kept per classification example; short
             review snippets waste compute when padded to the full context. Defaults to `64`.
+        length_buckets: tuple of int. Token-count boundaries for fine-tuning batches: training
+            examples of similar length are batched together and padded only to their
+            bucket's width (`classification_dataset(bucket_boundaries=...)`). Empty: every
+            batch is `classifier_sequence_length` wide. Defaults to `()`.
         warmup_fraction: float. Share of steps spent warming up linearly. Defaults to `0.05`.
         min_learning_rate_ratio: float. Final learning rate as a share of the peak.
             Defaults to `0.1`.
@@ -241,6 +257,7 @@ class TrainConfig(_PresetMixin):
     finetune_steps_per_epoch: int = 0
     freeze_backbone_epochs: int = 0
     classifier_sequence_length: int = 64
+    length_buckets: tuple = ()
     warmup_fraction: float = 0.05
     min_learning_rate_ratio: float = 0.1
     decay: str = "cosine"
@@ -290,6 +307,15 @@ class TrainConfig(_PresetMixin):
                 "TrainConfig.clip_norm and weight_decay must be >= 0. Received "
                 f"clip_norm={self.clip_norm!r}, weight_decay={self.weight_decay!r}."
             )
+        buckets = self.length_buckets
+        if not isinstance(buckets, (tuple, list)) or any(
+            isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in buckets
+        ):
+            raise ValueError(
+                "TrainConfig.length_buckets must be a tuple of positive integers (token "
+                f"counts), e.g. (16, 32, 48). Received length_buckets={buckets!r}."
+            )
+        object.__setattr__(self, "length_buckets", tuple(buckets))  # JSON gives a list
         _check_choice(owner, "decay", self.decay, DECAYS)
         _check_choice(owner, "precision", self.precision, PRECISIONS)
         _check_choice(owner, "strategy", self.strategy, STRATEGIES)
@@ -305,7 +331,8 @@ TrainConfig.PRESETS = {
         precision="float32",
     ),
     # `keras-llm quickstart --quick`, CI: about two minutes on 2 CPU cores.
-    "quick": TrainConfig(pretrain_steps=30, finetune_epochs=1, finetune_steps_per_epoch=80),
+    "quick": TrainConfig(pretrain_steps=30, finetune_epochs=1, finetune_steps_per_epoch=80,
+                         length_buckets=LENGTH_BUCKETS),
     # `keras-llm quickstart`: about ten minutes on 2 CPU cores.
-    "small": TrainConfig(),
+    "small": TrainConfig(length_buckets=LENGTH_BUCKETS),
 }

@@ -606,7 +606,7 @@ def finetune(
     augmenter = llm_data.Augmenter.from_train_config(train_config, mask_id=tokenizer.unk_id)
     train_data = llm_data.classification_dataset(
         train_pairs, tokenizer, length, batch, augment=augmenter, shuffle=True,
-        seed=train_config.seed,
+        seed=train_config.seed, bucket_boundaries=train_config.length_buckets or None,
     )
     validation_data, test_data = (
         llm_data.classification_dataset(
@@ -617,9 +617,18 @@ def finetune(
     steps_per_epoch = train_config.finetune_steps_per_epoch or int(
         train_data.cardinality().numpy()
     )
-    if steps_per_epoch <= 0:  # unknown cardinality: count once
+    width = length  # tokens a row, padding included, for the logged tokens/s
+    if train_config.length_buckets:
+        # One pass: how many batches an epoch has, and how wide they are on average.
+        widths = [int(ids.shape[1]) for ids, _ in train_data]
+        if steps_per_epoch <= 0:  # no fixed steps_per_epoch: one pass
+            steps_per_epoch = len(widths)
+        width = max(1, round(sum(widths) / len(widths)))
+    elif steps_per_epoch <= 0:  # unknown cardinality: count once
         steps_per_epoch = sum(1 for _ in train_data)
-    if train_config.finetune_steps_per_epoch:
+    if train_config.finetune_steps_per_epoch or train_config.length_buckets:
+        # Buckets: augmentation changes lengths, so an epoch's batch count may vary by one
+        # or two; a repeated data set never runs out before steps_per_epoch.
         train_data = train_data.repeat()
     train_data, validation_data, test_data = (
         _shard_by_data(d) for d in (train_data, validation_data, test_data)
@@ -643,7 +652,7 @@ def finetune(
 
         fit_callbacks, stopper, step_logger = common_callbacks(
             run_dir, train_config, total_steps, train_config.finetune_learning_rate,
-            batch, length, False, peak_flops,
+            batch, width, False, peak_flops,
         )
         fit_callbacks += [
             keras.callbacks.ModelCheckpoint(

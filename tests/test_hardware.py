@@ -194,7 +194,7 @@ def test_time_left_estimates_from_the_steps_after_the_first(tiny_config):
     model = CausalLM(TransformerBackbone(tiny_config))
     model.compile(optimizer="adam")
     lines = []
-    callback = TimeLeft(12, after_steps=3, label="testing", then=6, then_label="more",
+    callback = TimeLeft(12, after_steps=3, label="testing", then=lambda: 6, then_label="more",
                         print_fn=lines.append)
     ids = np.random.default_rng(0).integers(1, 256, size=(24, 32))
     model.fit(ids[:, :-1], ids[:, 1:], batch_size=2, epochs=1, callbacks=[callback], verbose=0)

@@ -229,3 +229,68 @@ def test_augmenter_from_train_config():
         "seed": 4,
     }
     assert Augmenter.from_train_config(keras_llm.TrainConfig.preset("tiny")) is None
+
+
+# -- length buckets -----------------------------------------------------------------------------
+
+
+def _rows(dataset):
+    """Every example of a data set of batches as (ids without padding, label), sorted."""
+    rows = []
+    for ids, labels in dataset.as_numpy_iterator():
+        rows += [(tuple(int(t) for t in row if t), int(y)) for row, y in zip(ids, labels)]
+    return sorted(rows)
+
+
+def test_buckets_hold_the_same_examples_in_narrower_batches(tokenizer, reviews):
+    boundaries = (8, 16, 24)
+    plain = classification_dataset(reviews, tokenizer, 32, 16, shuffle=True, seed=3)
+    bucketed = classification_dataset(reviews, tokenizer, 32, 16, shuffle=True, seed=3,
+                                      bucket_boundaries=boundaries)
+    # The same rows, each exactly once: a bucket cuts only padding.
+    assert _rows(bucketed) == _rows(plain)
+    widths = (*boundaries, 32)
+    padded, seen = 0, set()
+    for ids, labels in bucketed.as_numpy_iterator():
+        width = ids.shape[1]
+        assert width in widths and 1 <= len(ids) <= 16 and len(labels) == len(ids)
+        lengths = (ids != 0).sum(axis=1)
+        assert lengths.max() <= width
+        narrower = max((w for w in widths if w < width), default=0)
+        assert (lengths > narrower).all()  # each row is in the narrowest bucket that fits
+        padded += ids.size
+        seen.add(width)
+    assert seen == set(widths)
+    # Oracle: every row costs exactly the narrowest width that holds it, and no more.
+    lengths = [len(ids) for ids, _ in _rows(plain)]
+    assert padded == sum(min(w for w in widths if w >= n) for n in lengths)
+    assert padded < sum(ids.size for ids, _ in plain.as_numpy_iterator())
+    # Seeded: two new pipelines give the same batches.
+    first, second = (
+        classification_dataset(reviews, tokenizer, 32, 16, shuffle=True, seed=3,
+                               bucket_boundaries=boundaries)
+        for _ in range(2)
+    )
+    for (a, y), (b, z) in zip(first.as_numpy_iterator(), second.as_numpy_iterator(),
+                              strict=True):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(y, z)
+
+
+def test_a_bucket_changes_no_prediction(tokenizer, reviews):
+    """Cutting trailing padding leaves a classifier's logits as they were (mask oracle)."""
+    from keras_llm.models import Classifier, TransformerBackbone
+
+    config = keras_llm.ModelConfig.preset("tiny", vocabulary_size=tokenizer.vocabulary_size)
+    for pooling in ("mean", "last"):
+        model = Classifier(TransformerBackbone(config), 2, pooling=pooling)
+        ids, _ = next(classification_dataset(reviews, tokenizer, 32, 64).as_numpy_iterator())
+        ids = ids[(ids != 0).sum(axis=1) <= 24]  # the rows a 24-token bucket holds
+        assert len(ids) >= 4
+        np.testing.assert_allclose(model(ids[:, :24]), model(ids), atol=1e-5)
+
+
+@pytest.mark.parametrize("boundaries", [(0, 8), (8, True), ("16",), (4.5,)])
+def test_bad_bucket_boundaries_name_themselves(tokenizer, boundaries):
+    with pytest.raises(ValueError, match="bucket_boundaries"):
+        classification_dataset((["a b"], [1]), tokenizer, 16, 2, bucket_boundaries=boundaries)

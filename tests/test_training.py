@@ -78,6 +78,23 @@ def test_finetune_really_starts_from_the_pretrained_backbone(pretrained_run, dat
     assert json.load(open(tmp_path / "labels.json")) == ["rotten", "fresh"]
 
 
+@pytest.mark.slow
+def test_finetune_with_length_buckets_makes_one_pass_an_epoch(pretrained_run, data_dir, tmp_path):
+    config = TrainConfig.preset("tiny", finetune_epochs=2, length_buckets=(8, 16, 24),
+                                batch_size=64)
+    result = training.finetune(
+        config, run_dir=str(tmp_path), pretrained=pretrained_run, data_dir=data_dir, verbose=0
+    )
+    # An epoch is one pass over the 10,235 training reviews in bucketed batches of <= 64:
+    # ceil(10235 / 64) = 160 full-width batches, plus partly filled ones where buckets end.
+    steps = [int(row["step"]) for row in csv.DictReader(open(tmp_path / "steps.csv"))]
+    per_epoch = len(steps) // 2
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) == 2 * per_epoch
+    assert 160 < per_epoch <= 164  # at most one partly filled batch per bucket (4)
+    assert 0.5 < result.metrics["test_accuracy"] <= 1.0
+    assert TrainConfig.load(tmp_path / "train_config.json").length_buckets == (8, 16, 24)
+
+
 def test_a_backbone_that_does_not_match_is_an_error(pretrained_run):
     config = ModelConfig.load(os.path.join(pretrained_run, "model_config.json"))
     fresh = TransformerBackbone(config)  # same shapes, different values

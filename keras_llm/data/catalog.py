@@ -27,6 +27,11 @@ import os
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; preparations are not serialized there
+    fcntl = None
+
 from keras_llm.data.builders import Debates, KerasLlmCorpus, RottenTomatoes
 from keras_llm.data.builders.debates import PARTIES
 from keras_llm.data.builders.python_source import PSF_LICENSE, PythonSource
@@ -313,10 +318,21 @@ def _prepare_offline(spec, data_dir):
         prepared = builder.is_prepared()
     if prepared:
         return
-    print(f"Preparing {spec.name} once, offline, from {spec.source} into {builder.data_dir} "
-          "(reused afterwards)", flush=True)
-    with _quiet_tfds():
-        builder.download_and_prepare()
+    # Two processes preparing one data set at once would race for the final folder name:
+    # the second waits for the first, then finds the data prepared.
+    os.makedirs(data_dir, exist_ok=True)
+    lock_path = os.path.join(data_dir, f".{spec.tfds_name.replace('/', '_')}.lock")
+    with open(lock_path, "w") as lock:
+        if fcntl is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        with _quiet_tfds():
+            builder = tfds.builder(spec.tfds_name, data_dir=data_dir)
+            if builder.is_prepared():
+                return
+        print(f"Preparing {spec.name} once, offline, from {spec.source} into "
+              f"{builder.data_dir} (reused afterwards)", flush=True)
+        with _quiet_tfds():
+            builder.download_and_prepare()
 
 
 def _load(spec, split, data_dir):
