@@ -80,7 +80,7 @@ else:
     )
     TRAIN_CONFIG = TrainConfig.preset(
         "quick", pretrain_steps=300, finetune_epochs=3, finetune_steps_per_epoch=80,
-        precision="float32", length_buckets=(),  # fixed-width batches, as measured
+        precision="float32",
     )
 EXPERIMENT_STEPS = 20 if QUICK else 100  # optimizer steps of each clipping / warm-up run
 SGD_LEARNING_RATE = 2.0  # plain SGD with momentum 0.9: far too high on purpose

@@ -72,7 +72,7 @@ else:
     )
     TRAIN_CONFIG = TrainConfig.preset(
         "quick", pretrain_steps=800, finetune_epochs=2, finetune_steps_per_epoch=80,
-        precision="float32", length_buckets=(),  # fixed-width batches, as measured
+        precision="float32",
     )
 NEW_TEXTS = [
     "A warm, funny and beautifully acted film.",
