@@ -427,16 +427,19 @@ def cmd_quickstart(args):
     print(f"machine: {hardware.describe(machine, peak)}")
     hardware.announce_precision(policy, reason)  # said once, here
 
-    def finetune_work():  # in pretraining steps: a step's cost goes with its tokens
+    def finetune_work():  # in pretraining steps, by FLOPs: no vocabulary head, fewer tokens
         steps, width = _finetune_batches(train, pretrain_dir, args.data_dir)
-        return steps * width / model.sequence_length
+        per_token = callbacks.training_flops_per_token
+        lm = model.sequence_length * per_token(model, model.sequence_length)
+        classifier = width * per_token(model, train.classifier_sequence_length, 2)
+        return steps * classifier / lm
 
     print("\n[1/4] Pretraining a causal LM on keras_llm_corpus (tokenizer trained first)")
     pre = training.pretrain(
         model, train, data="keras_llm_corpus", run_dir=pretrain_dir, data_dir=args.data_dir,
         peak_flops=peak, verbose=2, callbacks=[callbacks.TimeLeft(
             train.pretrain_steps, label="pretraining", then=finetune_work,
-            then_label="fine-tuning at the same tokens/s")],
+            then_label="fine-tuning at the same FLOP/s")],
     )
     print("\n[2/4] Fine-tuning a sentiment classifier on rotten_tomatoes")
     finetune_steps, _ = _finetune_batches(train, pretrain_dir, args.data_dir)
