@@ -410,29 +410,37 @@ def _finetune_batches(train, pretrain_dir, data_dir):
     return per_epoch * train.finetune_epochs, sum(widths) / len(widths)
 
 
+def _quickstart_header(args, model, train):
+    """Prints what will run, on what machine, in which precision; returns the float32 peak."""
+    from keras_llm import hardware
+
+    machine = hardware.detect()
+    peak = hardware.matmul_peak()
+    print(f"keras_llm quickstart ({'quick' if args.quick else 'full'}): model preset "
+          f"{args.preset!r}, {train.pretrain_steps} pretraining steps, "
+          f"{train.finetune_epochs} fine-tuning epoch(s)")
+    print(f"machine: {hardware.describe(machine, peak)}")
+    hardware.announce_precision(*hardware.choose_precision(train.precision, machine))
+    return peak
+
+
 def cmd_quickstart(args):
-    from keras_llm import callbacks, export, hardware, training
+    from keras_llm import callbacks, export, training
 
     start = time.perf_counter()
     model, train = _configs(args, "quick" if args.quick else "small")
     pretrain_dir = os.path.join(args.run_dir, "pretrain")
     finetune_dir = os.path.join(args.run_dir, "finetune")
     export_dir = os.path.join(finetune_dir, "export")
-    machine = hardware.detect()
-    peak = hardware.matmul_peak()
-    policy, reason = hardware.choose_precision(train.precision, machine)
-    print(f"keras_llm quickstart ({'quick' if args.quick else 'full'}): model preset "
-          f"{args.preset!r}, {train.pretrain_steps} pretraining steps, "
-          f"{train.finetune_epochs} fine-tuning epoch(s)")
-    print(f"machine: {hardware.describe(machine, peak)}")
-    hardware.announce_precision(policy, reason)  # said once, here
+    peak = _quickstart_header(args, model, train)
+    counted = {}  # the fine-tuning's (steps, mean width), counted once the tokenizer exists
 
     def finetune_work():  # in pretraining steps, by FLOPs: no vocabulary head, fewer tokens
-        steps, width = _finetune_batches(train, pretrain_dir, args.data_dir)
+        counted["batches"] = _finetune_batches(train, pretrain_dir, args.data_dir)
+        steps, width = counted["batches"]
         per_token = callbacks.training_flops_per_token
         lm = model.sequence_length * per_token(model, model.sequence_length)
-        classifier = width * per_token(model, train.classifier_sequence_length, 2)
-        return steps * classifier / lm
+        return steps * width * per_token(model, train.classifier_sequence_length, 2) / lm
 
     print("\n[1/4] Pretraining a causal LM on keras_llm_corpus (tokenizer trained first)")
     pre = training.pretrain(
@@ -442,7 +450,9 @@ def cmd_quickstart(args):
             then_label="fine-tuning at the same FLOP/s")],
     )
     print("\n[2/4] Fine-tuning a sentiment classifier on rotten_tomatoes")
-    finetune_steps, _ = _finetune_batches(train, pretrain_dir, args.data_dir)
+    if "batches" not in counted:  # a resumed run that needed no estimate
+        counted["batches"] = _finetune_batches(train, pretrain_dir, args.data_dir)
+    finetune_steps = counted["batches"][0]
     fine = training.finetune(
         train, data="rotten_tomatoes", run_dir=finetune_dir, pretrained=pretrain_dir,
         data_dir=args.data_dir, peak_flops=peak, verbose=2,
