@@ -13,12 +13,16 @@ list order and appends its own `History` and progress bar last, so put `CSVLogge
 - `Throughput`: tokens per second, FLOP/s, model FLOPs utilization and cumulative FLOPs.
 - `training_flops_per_token`: the FLOP count behind `Throughput`.
 - `TimeLeft`: prints an estimate of the time left after the first few steps.
+- `StepLogger`, `StopOnNonFiniteLoss`, `FiniteCheckpoint`: the per-step log (`steps.csv`),
+  the NaN stop and the last good checkpoint of every keras_llm run (`keras_llm.run_loop`).
 
 These callbacks target the TensorFlow backend (the one `keras_llm` selects): the clipping
 runs TensorFlow ops inside the train step and takes part in `tf.distribute`.
 """
 
+import csv
 import math
+import os
 import time
 import warnings
 
@@ -813,3 +817,75 @@ class TimeLeft(keras.callbacks.Callback):
         if then:
             line += f", then about {format_duration(then * per_step)} of {self.then_label}"
         self.print_fn(line)
+
+
+class StepLogger(keras.callbacks.Callback):
+    """Records loss, learning rate and gradient norm at every step into `steps.csv`."""
+
+    KEYS = ("loss", "learning_rate", "grad_norm")
+
+    def __init__(self, path, append=False):
+        super().__init__()
+        self.path = path
+        self.append = append
+        self.steps = {"step": [], **{k: [] for k in self.KEYS}}
+
+    def on_train_begin(self, logs=None):
+        if self.append and os.path.exists(self.path):
+            with open(self.path) as f:
+                for row in csv.DictReader(f):
+                    self.steps["step"].append(int(row["step"]))
+                    for key in self.KEYS:
+                        value = row.get(key, "")
+                        self.steps[key].append(float(value) if value else float("nan"))
+
+    def on_train_batch_end(self, batch, logs=None):
+        logs = logs or {}
+        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        self.steps["step"].append(step)
+        for key in self.KEYS:
+            value = logs.get(key)
+            self.steps[key].append(float(value) if value is not None else float("nan"))
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.write()
+
+    def on_train_end(self, logs=None):
+        self.write()
+
+    def write(self):
+        with open(self.path, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["step", *self.KEYS])
+            for i, step in enumerate(self.steps["step"]):
+                writer.writerow([step, *(self.steps[k][i] for k in self.KEYS)])
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Stops training at the first NaN or infinite loss and remembers the step."""
+
+    def __init__(self):
+        super().__init__()
+        self.bad_step = None
+        self.bad_loss = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.bad_step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+            self.bad_loss = float(loss)
+            self.model.stop_training = True
+
+
+class FiniteCheckpoint(keras.callbacks.Callback):
+    """Saves the model at each epoch end while the loss is finite: the last good checkpoint."""
+
+    def __init__(self, path, stopper):
+        super().__init__()
+        self.path = path
+        self.stopper = stopper
+
+    def on_epoch_end(self, epoch, logs=None):
+        loss = (logs or {}).get("loss")
+        if self.stopper.bad_step is None and loss is not None and math.isfinite(float(loss)):
+            self.model.save(self.path)

@@ -43,19 +43,16 @@ import math
 import os
 import re
 import sys
-import time
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from keras_llm import data as llm_data
-from keras_llm import hardware, plots, training
 from keras_llm import metrics as llm_metrics
+from keras_llm import training
 from keras_llm._io import read_json, write_json
-from keras_llm.config import TrainConfig
 from keras_llm.models import CausalLM
-from keras_llm.optimizers import adamw
 
 DIALOGUE = "dialogue.json"
 SAMPLES = "samples.json"
@@ -448,15 +445,12 @@ def finetune_dialogue(
         `training.RunResult`; `metrics` holds `{validation,test,test_qa}_answer_perplexity_
         {before,after}`, the token counts and the example counts.
     """
-    start = time.perf_counter()
-    train_config = TrainConfig.coerce(train_config, "train_config")
-    strategy = training.get_strategy(train_config.strategy)
-    keras.utils.set_random_seed(train_config.seed)
-    with training.precision_policy(train_config.precision), strategy.scope():
+    run = training.TrainingRun(run_dir, train_config, verbose=verbose)
+    train_config = run.train_config
+    with run.policy(), run.strategy.scope():
         model, _ = load_generator(pretrained_run_dir)  # built in the run's precision
     tokenizer = model.tokenizer
-    model_config = model.backbone.model_config
-    sequence_length = model_config.sequence_length
+    sequence_length = model.backbone.model_config.sequence_length
 
     splits = {split: load_turns(split, data_dir) for split in ("train", "validation", "test")}
     examples = training_examples(splits["train"])
@@ -465,96 +459,74 @@ def finetune_dialogue(
         "test": splits["test"],
         "test_qa": qa_pairs(splits["test"]),
     }
-    speakers = sorted({t["speaker"] for t in splits["train"] if t["party"] != MODERATOR})
-    moderators = sorted({t["speaker"] for t in splits["train"] if t["party"] == MODERATOR})
     names = sorted({t["speaker"] for turns in splits.values() for t in turns})
     samples = sample_questions(held_out["test_qa"], sample_count)
-
-    os.makedirs(run_dir, exist_ok=True)
-    tokenizer.save(os.path.join(run_dir, training.TOKENIZER))
-    model_config.save(os.path.join(run_dir, training.MODEL_CONFIG))
-    train_config.save(os.path.join(run_dir, training.TRAIN_CONFIG))
-    write_json(os.path.join(run_dir, training.RUN_METADATA), {
-        "kind": "dialogue", "dataset": "debates/turns",
-        "pretrained": os.path.abspath(pretrained_run_dir),
-        "precision": hardware.precision_record(train_config.precision),
-    })
-    write_json(os.path.join(run_dir, DIALOGUE), {
-        "speakers": speakers, "moderators": moderators, "names": names,
-        "context_turns": CONTEXT_TURNS, "format": format_turn("MODERATOR: question", "SPEAKER",
-                                                              "answer"),
-    })
+    run.write_files("dialogue", {
+        "dataset": "debates/turns", "pretrained": os.path.abspath(pretrained_run_dir),
+    }, tokenizer=tokenizer, model_config=model.backbone.model_config)
+    write_json(run.path(DIALOGUE), _dialogue_info(splits["train"], names))
 
     batch = train_config.batch_size
     metrics = {"train_turns": len(splits["train"]), "train_examples": len(examples)}
-    with training.precision_policy(train_config.precision):
-        for name, turns in held_out.items():
-            measured = answer_perplexity(model, turns, batch)
-            metrics[f"{name}_answer_perplexity_before"] = measured["perplexity"]
-            metrics[f"{name}_answer_tokens"] = measured["tokens"]
-            metrics[f"{name}_examples"] = len(turns)
-        before = _sample_answers(model, samples, names, max_new_tokens, train_config.seed)
-
+    with run.policy():
+        _measure(model, held_out, batch, metrics, "before")
+        before_samples = _sample_answers(model, samples, names, max_new_tokens,
+                                         train_config.seed)
         steps_per_epoch = train_config.finetune_steps_per_epoch or max(1, len(examples) // batch)
-        total_steps = steps_per_epoch * train_config.finetune_epochs
         train_data = turn_dataset(tokenizer, examples, sequence_length, batch, shuffle=True,
                                   seed=train_config.seed, repeat=True)
         validation_data = turn_dataset(
             tokenizer, held_out["validation"], sequence_length, batch
         ).cache()
-        checkpoint = os.path.join(run_dir, training.CAUSAL_LM)
-        with strategy.scope():
-            model.compile(
-                optimizer=adamw(model, train_config.finetune_learning_rate,
-                                train_config.weight_decay),
-                metrics=llm_metrics.language_model_metrics(),
-                jit_compile=train_config.jit_compile,
-                steps_per_execution=train_config.steps_per_execution,
-            )
-        fit_callbacks, stopper, step_logger = training.common_callbacks(
-            run_dir, train_config, total_steps, train_config.finetune_learning_rate,
-            batch, sequence_length, False, None,
+        learning_rate = train_config.finetune_learning_rate
+        run.compile(model, learning_rate, metrics=llm_metrics.language_model_metrics())
+        run.callbacks(
+            steps_per_epoch * train_config.finetune_epochs, learning_rate,
+            checkpoint=run.path(training.CAUSAL_LM), monitor="val_perplexity", mode="min",
+            tokens=(batch, sequence_length), extra=callbacks,
         )
-        fit_callbacks += [
-            keras.callbacks.ModelCheckpoint(
-                checkpoint, monitor="val_perplexity", mode="min", save_best_only=True
-            ),
-            *callbacks,
-        ]
-        history = model.fit(
-            train_data,
+        history = run.fit(
+            model, train_data,
             epochs=train_config.finetune_epochs,
             steps_per_epoch=steps_per_epoch,
             validation_data=validation_data,
-            callbacks=fit_callbacks,
-            shuffle=False,  # the tf.data pipeline shuffles, seeded
-            verbose=verbose,
         )
-        training.raise_if_diverged(stopper, run_dir, checkpoint)
-        best = keras.models.load_model(checkpoint, compile=False)
-        model.set_weights(best.get_weights())
+        run.restore_best(model)
+        _measure(model, held_out, batch, metrics, "after")
+        after_samples = _sample_answers(model, samples, names, max_new_tokens,
+                                        train_config.seed)
 
-        for name, turns in held_out.items():
-            metrics[f"{name}_answer_perplexity_after"] = answer_perplexity(
-                model, turns, batch
-            )["perplexity"]
-        after = _sample_answers(model, samples, names, max_new_tokens, train_config.seed)
-
-    model.backbone.save(os.path.join(run_dir, training.BACKBONE))
-    plots.plot_training_curves(step_logger.steps, run_dir)
-    write_json(os.path.join(run_dir, SAMPLES), [
+    model.backbone.save(run.path(training.BACKBONE))
+    write_json(run.path(SAMPLES), [
         {"debate": pair["debate"], "question": pair["context"], "speaker": pair["speaker"],
          "real_answer": pair["response"],
-         **{f"before_{k}": v[i] for k, v in before.items()},
-         **{f"after_{k}": v[i] for k, v in after.items()}}
+         **{f"before_{k}": v[i] for k, v in before_samples.items()},
+         **{f"after_{k}": v[i] for k, v in after_samples.items()}}
         for i, pair in enumerate(samples)
     ])
-    seconds = time.perf_counter() - start
-    metrics["seconds"] = seconds
-    write_json(os.path.join(run_dir, training.METRICS), metrics)
-    return training.RunResult(
-        run_dir, model, tokenizer, training.history_dict(history), metrics, seconds
-    )
+    return run.finish(model, metrics, history, tokenizer)
+
+
+def _dialogue_info(train_turns, names):
+    """What `dialogue.json` records: who speaks, who asks, the prompt format."""
+    return {
+        "speakers": sorted({t["speaker"] for t in train_turns if t["party"] != MODERATOR}),
+        "moderators": sorted({t["speaker"] for t in train_turns if t["party"] == MODERATOR}),
+        "names": names,
+        "context_turns": CONTEXT_TURNS,
+        "format": format_turn("MODERATOR: question", "SPEAKER", "answer"),
+    }
+
+
+def _measure(model, held_out, batch_size, metrics, when):
+    """Answer perplexity of each held-out set into `metrics` (`<set>_answer_perplexity_
+    <when>`; with `when="before"` also the token and example counts)."""
+    for name, turns in held_out.items():
+        measured = answer_perplexity(model, turns, batch_size)
+        metrics[f"{name}_answer_perplexity_{when}"] = measured["perplexity"]
+        if when == "before":
+            metrics[f"{name}_answer_tokens"] = measured["tokens"]
+            metrics[f"{name}_examples"] = len(turns)
 
 
 def read_samples(run_dir):

@@ -38,12 +38,10 @@ import time
 import keras
 import numpy as np
 
-from keras_llm import evaluation, hardware, plots, training
-from keras_llm._io import write_json
+from keras_llm import evaluation, plots, training
 from keras_llm.config import ModelConfig, TrainConfig
 from keras_llm.data import digits
 from keras_llm.models.vision import ImageBackbone, ImageCaptioner, ImageClassifier
-from keras_llm.optimizers import adamw
 
 CLASSIFIER_FILE = "digits_classifier.keras"
 CAPTIONER_FILE = "digits_captioner.keras"
@@ -151,43 +149,35 @@ def _configs(model_config, train_config, quick, epochs, seed):
     return model_config, dataclasses.replace(train_config, **overrides)
 
 
-def _callbacks(run_dir, train_config, steps_per_epoch, checkpoint, monitor):
-    """Schedule, clipping, per-step and per-epoch logs, best-epoch checkpoint."""
-    total_steps = steps_per_epoch * train_config.finetune_epochs
-    peak = train_config.finetune_learning_rate
-    step_logger = training.StepLogger(os.path.join(run_dir, training.STEPS))
-    callbacks = training.schedule_callbacks(train_config, total_steps, peak)
-    callbacks += [
-        step_logger,
-        keras.callbacks.CSVLogger(os.path.join(run_dir, training.HISTORY)),
-        keras.callbacks.ModelCheckpoint(
-            checkpoint, monitor=monitor, mode="auto", save_best_only=True
-        ),
-    ]
-    return callbacks, step_logger
+def _fit(run, model, inputs, labels, validation, checkpoint, monitor):
+    """Compiled `model` -> `fit` with the run's schedule, clipping, logs and the best-epoch
+    checkpoint by `monitor`; then the kept epoch's weights are restored. Returns the
+    history as a dict."""
+    config = run.train_config
+    steps_per_epoch = math.ceil(len(labels) / config.batch_size)
+    run.callbacks(
+        steps_per_epoch * config.finetune_epochs, config.finetune_learning_rate,
+        checkpoint=checkpoint, monitor=monitor, tensorboard=False,
+    )
+    history = run.fit(
+        model, inputs, labels,
+        batch_size=config.batch_size,
+        epochs=config.finetune_epochs,
+        validation_data=validation,
+        shuffle=True,
+    )
+    run.restore_best(model)
+    return training.history_dict(history)
 
 
-def _write_configs(run_dir, kind, model_config, train_config, patch_size, splits, split_seed):
-    os.makedirs(run_dir, exist_ok=True)
-    model_config.save(os.path.join(run_dir, training.MODEL_CONFIG))
-    train_config.save(os.path.join(run_dir, training.TRAIN_CONFIG))
-    write_json(os.path.join(run_dir, training.RUN_METADATA), {
-        "kind": kind,
+def _write_files(run, kind, model_config, patch_size, splits, split_seed):
+    run.write_files(kind, {
         "dataset": "sklearn.datasets.load_digits",
         "image_shape": list(digits.IMAGE_SHAPE),
         "patch_size": list(patch_size),
         "split_seed": split_seed,
         "split_sizes": {name: len(split) for name, split in splits.items()},
-        "precision": hardware.precision_record(train_config.precision),
-    })
-
-
-def _steps_per_epoch(train_config, split):
-    return math.ceil(len(split) / train_config.batch_size)
-
-
-def _history(history):
-    return {k: [float(v) for v in values] for k, values in history.history.items()}
+    }, model_config=model_config)
 
 
 def pixel_baseline(splits, c_grid=LOGISTIC_C_GRID):
@@ -348,54 +338,35 @@ def train_digit_classifier(
         `DigitsResult`; `metrics` holds `test_accuracy`, `test_loss`,
         `validation_accuracy`, `best_epoch`, `baseline` (`pixel_baseline`), `chance`.
     """
-    start = time.perf_counter()
     model_config, train_config = _configs(model_config, train_config, quick, epochs, seed)
     patch_size = parse_patch_size(patch_size)
+    run = training.TrainingRun(run_dir, train_config, verbose=verbose)
     splits = digits.load_digit_splits(split_seed)
-    _write_configs(run_dir, "digits_classifier", model_config, train_config, patch_size,
-                   splits, split_seed)
+    _write_files(run, "digits_classifier", model_config, patch_size, splits, split_seed)
     train, validation, test = (splits[name] for name in digits.SPLITS)
-    checkpoint = os.path.join(run_dir, CLASSIFIER_FILE)
-    steps_per_epoch = _steps_per_epoch(train_config, train)
 
-    keras.utils.set_random_seed(train_config.seed)
-    with training.precision_policy(train_config.precision):
+    with run.policy():
         backbone = ImageBackbone(digits.IMAGE_SHAPE, patch_size, **_transformer_args(model_config))
         model = ImageClassifier(backbone, digits.NUM_CLASSES)
-        model.compile(
-            optimizer=adamw(model, train_config.finetune_learning_rate, train_config.weight_decay),
+        run.compile(
+            model, train_config.finetune_learning_rate,
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-            jit_compile=train_config.jit_compile,
         )
-        callbacks, step_logger = _callbacks(
-            run_dir, train_config, steps_per_epoch, checkpoint, "val_accuracy"
-        )
-        history = model.fit(
-            train.images, train.labels,
-            batch_size=train_config.batch_size,
-            epochs=train_config.finetune_epochs,
-            validation_data=(validation.images, validation.labels),
-            shuffle=True,
-            callbacks=callbacks,
-            verbose=verbose,
-        )
-        model.set_weights(keras.models.load_model(checkpoint, compile=False).get_weights())
-        test_metrics = model.evaluate(
-            test.images, test.labels, batch_size=256, return_dict=True, verbose=0
-        )
-        validation_metrics = model.evaluate(
-            validation.images, validation.labels, batch_size=256, return_dict=True, verbose=0
-        )
+        history = _fit(run, model, train.images, train.labels,
+                       (validation.images, validation.labels), run.path(CLASSIFIER_FILE),
+                       "val_accuracy")
+        test_metrics = run.evaluate(model, test.images, test.labels, batch_size=256)
+        validation_metrics = run.evaluate(model, validation.images, validation.labels,
+                                          batch_size=256)
         logits = model.predict(test.images, batch_size=256, verbose=0)
     predictions = np.argmax(logits, axis=-1)
 
-    history = _history(history)
     validation_curve = history.get("val_accuracy", [])
     metrics = {
-        "test_accuracy": float(test_metrics["accuracy"]),
-        "test_loss": float(test_metrics["loss"]),
-        "validation_accuracy": float(validation_metrics["accuracy"]),
+        "test_accuracy": test_metrics["accuracy"],
+        "test_loss": test_metrics["loss"],
+        "validation_accuracy": validation_metrics["accuracy"],
         "best_epoch": int(np.argmax(validation_curve)) + 1 if validation_curve else None,
         "epochs": train_config.finetune_epochs,
         "parameters": int(model.count_params()),
@@ -407,26 +378,28 @@ def train_digit_classifier(
     np.add.at(matrix, (test.labels, predictions), 1)
     report = evaluation.report_from_confusion_matrix(matrix, list(digits.DIGIT_NAMES))
     metrics["test_macro_f1"] = report["macro"]["f1"]
+    _plot_classifier(run, test, predictions, matrix, metrics["test_accuracy"])
+    if export:
+        export_digit_classifier(model, run.path(EXPORT_DIR))
+    result = run.finish(model, metrics, history)
+    return DigitsResult(run.run_dir, model, metrics, history, result.seconds)
+
+
+def _plot_classifier(run, test, predictions, matrix, accuracy):
+    """`confusion_matrix.png` and `predictions.png` (the first 32 test images)."""
     plots.plot_confusion_matrix(
-        matrix, list(digits.DIGIT_NAMES), os.path.join(run_dir, "confusion_matrix.png"),
-        title=f"Digits classifier, test accuracy {metrics['test_accuracy']:.3f}",
+        matrix, list(digits.DIGIT_NAMES), run.path("confusion_matrix.png"),
+        title=f"Digits classifier, test accuracy {accuracy:.3f}",
     )
     shown = slice(0, 32)
     plot_digit_grid(
         test.images[shown],
         [digits.DIGIT_NAMES[p] for p in predictions[shown]],
-        os.path.join(run_dir, PREDICTIONS_PLOT),
+        run.path(PREDICTIONS_PLOT),
         correct=list(predictions[shown] == test.labels[shown]),
         labels=test.labels[shown],
-        suptitle=f"Predicted digits (red: wrong); test accuracy {metrics['test_accuracy']:.3f}",
+        suptitle=f"Predicted digits (red: wrong); test accuracy {accuracy:.3f}",
     )
-    plots.plot_training_curves(step_logger.steps, run_dir)
-    if export:
-        export_digit_classifier(model, os.path.join(run_dir, EXPORT_DIR))
-    seconds = time.perf_counter() - start
-    metrics["seconds"] = seconds
-    write_json(os.path.join(run_dir, training.METRICS), metrics)
-    return DigitsResult(run_dir, model, metrics, history, seconds)
 
 
 # --------------------------------------------------------------------------- captioner
@@ -484,7 +457,6 @@ def train_digit_captioner(
         validation, `test_loss`, `test_examples` (a few generated captions), `baseline`
         (`pixel_baseline`) and `chance`.
     """
-    start = time.perf_counter()
     model_config, train_config = _configs(model_config, train_config, quick, epochs, seed)
     tokenizer = digits.caption_tokenizer()
     model_config = dataclasses.replace(
@@ -493,16 +465,13 @@ def train_digit_captioner(
         sequence_length=digits.CAPTION_SEQUENCE_LENGTH,
     )
     patch_size = parse_patch_size(patch_size)
+    run = training.TrainingRun(run_dir, train_config, verbose=verbose)
     splits = digits.load_digit_splits(split_seed)
-    _write_configs(run_dir, "digits_captioner", model_config, train_config, patch_size,
-                   splits, split_seed)
-    tokenizer.save(os.path.join(run_dir, training.TOKENIZER))
+    _write_files(run, "digits_captioner", model_config, patch_size, splits, split_seed)
+    tokenizer.save(run.path(training.TOKENIZER))
     train, validation, test = (splits[name] for name in digits.SPLITS)
-    checkpoint = os.path.join(run_dir, CAPTIONER_FILE)
-    steps_per_epoch = _steps_per_epoch(train_config, train)
 
-    keras.utils.set_random_seed(train_config.seed)
-    with training.precision_policy(train_config.precision):
+    with run.policy():
         model = ImageCaptioner(
             vocabulary_size=model_config.vocabulary_size,
             sequence_length=model_config.sequence_length,
@@ -511,67 +480,61 @@ def train_digit_captioner(
             tie_embeddings=model_config.tie_embeddings,
             **_transformer_args(model_config),
         )
-        model.compile(
-            optimizer=adamw(model, train_config.finetune_learning_rate, train_config.weight_decay),
-            jit_compile=train_config.jit_compile,
-        )
-        callbacks, step_logger = _callbacks(
-            run_dir, train_config, steps_per_epoch, checkpoint, "val_loss"
-        )
-        history = model.fit(
-            *caption_arrays(train, tokenizer),
-            batch_size=train_config.batch_size,
-            epochs=train_config.finetune_epochs,
-            validation_data=caption_arrays(validation, tokenizer),
-            shuffle=True,
-            callbacks=callbacks,
-            verbose=verbose,
-        )
-        model.set_weights(keras.models.load_model(checkpoint, compile=False).get_weights())
-        test_loss = model.evaluate(
-            *caption_arrays(test, tokenizer), batch_size=256, return_dict=True, verbose=0
+        run.compile(model, train_config.finetune_learning_rate)
+        history = _fit(run, model, *caption_arrays(train, tokenizer),
+                       caption_arrays(validation, tokenizer), run.path(CAPTIONER_FILE),
+                       "val_loss")
+        test_loss = run.evaluate(
+            model, *caption_arrays(test, tokenizer), batch_size=256
         )["loss"]
         test_texts = write_captions(model, tokenizer, test.images)
         validation_texts = write_captions(model, tokenizer, validation.images)
 
-    history = _history(history)
+    metrics = _captioner_metrics(model, history, splits, test_texts, validation_texts, test_loss,
+                                 train_config.finetune_epochs)
+    metrics["baseline"] = pixel_baseline(splits)
+    metrics["chance"] = CHANCE
+    _plot_captions(run, test, test_texts, metrics["test_digit_accuracy"])
+    if export:
+        export_digit_captioner(model, tokenizer, run.path(EXPORT_DIR))
+    result = run.finish(model, metrics, history)
+    return DigitsResult(run.run_dir, model, metrics, history, result.seconds, tokenizer)
+
+
+def _captioner_metrics(model, history, splits, test_texts, validation_texts, test_loss,
+                       epochs):
+    test, validation = splits["test"], splits["validation"]
     test_scores = caption_scores(test_texts, test.labels)
     validation_scores = caption_scores(validation_texts, validation.labels)
     validation_curve = history.get("val_loss", [])
-    metrics = {
+    return {
         "test_digit_accuracy": test_scores["digit_accuracy"],
         "test_exact_match": test_scores["exact_match"],
-        "test_loss": float(test_loss),
+        "test_loss": test_loss,
         "validation_digit_accuracy": validation_scores["digit_accuracy"],
         "validation_exact_match": validation_scores["exact_match"],
         "best_epoch": int(np.argmin(validation_curve)) + 1 if validation_curve else None,
-        "epochs": train_config.finetune_epochs,
+        "epochs": epochs,
         "parameters": int(model.count_params()),
         "num_patches": model.num_patches,
         "test_examples": [
             {"label": int(y), "caption": t} for y, t in zip(test.labels[:10], test_texts[:10])
         ],
-        "baseline": pixel_baseline(splits),
-        "chance": CHANCE,
     }
+
+
+def _plot_captions(run, test, test_texts, accuracy):
+    """`predictions.png`: the first 32 test images titled with their generated captions."""
     shown = slice(0, 32)
     plot_digit_grid(
         test.images[shown],
         test_texts[shown],
-        os.path.join(run_dir, PREDICTIONS_PLOT),
+        run.path(PREDICTIONS_PLOT),
         correct=[digits.digit_named(t) == int(y) for t, y in zip(test_texts[shown],
                                                                    test.labels[shown])],
         labels=test.labels[shown],
-        suptitle=(f"Generated captions (red: wrong digit); test digit accuracy "
-                  f"{metrics['test_digit_accuracy']:.3f}"),
+        suptitle=f"Generated captions (red: wrong digit); test digit accuracy {accuracy:.3f}",
     )
-    plots.plot_training_curves(step_logger.steps, run_dir)
-    if export:
-        export_digit_captioner(model, tokenizer, os.path.join(run_dir, EXPORT_DIR))
-    seconds = time.perf_counter() - start
-    metrics["seconds"] = seconds
-    write_json(os.path.join(run_dir, training.METRICS), metrics)
-    return DigitsResult(run_dir, model, metrics, history, seconds, tokenizer)
 
 
 def load_digit_run(run_dir):
