@@ -88,7 +88,13 @@ def build_parser():
     )
     parser.add_argument("--version", action="version", version=keras_llm.__version__)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for add in (_add_training_commands, _add_evaluate_and_export, _add_studies,
+                _add_generation_commands, _add_digits):
+        add(sub)
+    return parser
 
+
+def _add_training_commands(sub):
     quick = sub.add_parser(
         "quickstart",
         help="the whole job offline: tokenizer, pretrain, fine-tune, evaluate, export, serve",
@@ -109,6 +115,8 @@ def build_parser():
     fine.add_argument("--pooling", default="mean", choices=["mean", "last"])
     _add_common(fine, "runs/finetune")
 
+
+def _add_evaluate_and_export(sub):
     ev = sub.add_parser("evaluate", help="accuracy, precision, recall, F1 of a fine-tuning run")
     ev.add_argument("run_dir", help="fine-tuning run directory")
     ev.add_argument("--split", default="test", help="split to evaluate (default: test)")
@@ -122,6 +130,8 @@ def build_parser():
     ex.add_argument("--no-quantize", action="store_true", help="skip the int8 variants")
     ex.add_argument("--no-tflite", action="store_true", help="skip the TFLite files")
 
+
+def _add_studies(sub):
     study = sub.add_parser("study", help="measured studies")
     studies = study.add_subparsers(dest="study", metavar="STUDY", parser_class=_Parser)
     transfer = studies.add_parser(
@@ -152,17 +162,23 @@ def build_parser():
     speakers.add_argument("--quick", action="store_true",
                           help="a few steps, one seed: checks the machinery only")
 
+
+def _add_sampling(parser, temperature, temperature_help=None):
+    """The decoding options `generate` and `chat` share."""
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--sampler", default="top_p",
+                        choices=["greedy", "random", "top_k", "top_p"])
+    parser.add_argument("--temperature", type=float, default=temperature, help=temperature_help)
+    parser.add_argument("--top-k", type=int, default=40)
+    parser.add_argument("--top-p", type=float, default=0.9)
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def _add_generation_commands(sub):
     gen = sub.add_parser("generate", help="continue prompts with a pretraining run's model")
     gen.add_argument("run_dir", help="pretraining run directory")
     gen.add_argument("prompts", nargs="+", help="one or more prompts")
-    gen.add_argument("--max-new-tokens", type=int, default=48)
-    gen.add_argument("--sampler", default="top_p",
-                     choices=["greedy", "random", "top_k", "top_p"])
-    gen.add_argument("--temperature", type=float, default=None,
-                     help="sampling temperature (default: 0.8; 1 for greedy)")
-    gen.add_argument("--top-k", type=int, default=40)
-    gen.add_argument("--top-p", type=float, default=0.9)
-    gen.add_argument("--seed", type=int, default=0)
+    _add_sampling(gen, None, "sampling temperature (default: 0.8; 1 for greedy)")
 
     dia = sub.add_parser("dialogue", help="fine-tune a pretraining run on the 2016 debate turns")
     dia_actions = dia.add_subparsers(dest="dialogue", metavar="ACTION", parser_class=_Parser)
@@ -182,14 +198,10 @@ def build_parser():
     chat.add_argument("--moderator", default="HOLT", help="your name in the prompt (default: HOLT)")
     chat.add_argument("--questions", help="file of questions, one a line: answer them and exit")
     chat.add_argument("--output", help="with --questions, also write the answers to this JSON file")
-    chat.add_argument("--max-new-tokens", type=int, default=48)
-    chat.add_argument("--sampler", default="top_p",
-                      choices=["greedy", "random", "top_k", "top_p"])
-    chat.add_argument("--temperature", type=float, default=0.8)
-    chat.add_argument("--top-k", type=int, default=40)
-    chat.add_argument("--top-p", type=float, default=0.9)
-    chat.add_argument("--seed", type=int, default=0)
+    _add_sampling(chat, 0.8)
 
+
+def _add_digits(sub):
     dig = sub.add_parser("digits", help="multimodal: a Transformer on 8x8 digit image patches")
     dig_tasks = dig.add_subparsers(dest="task", metavar="TASK", parser_class=_Parser)
     for task, task_help in (
@@ -204,7 +216,6 @@ def build_parser():
                            help="'2x2' (16 tokens, default), 'rows' (8 tokens), 'HxW' or an int")
         digit.add_argument("--quick", action="store_true", help="a small model, 3 epochs")
         digit.add_argument("--export", action="store_true", help="also write RUN_DIR/export")
-    return parser
 
 
 def _print_table(rows, headers):
@@ -464,6 +475,17 @@ def cmd_quickstart(args):
     _print_export_report(report)
     saved_model = report["artifacts"]["classifier"]
     print("\n[4/4] Reloading the SavedModel and classifying two sentences")
+    _classify_examples(saved_model)
+    _print_quickstart_summary(pre, fine)
+    print(f"\nTotal {time.perf_counter() - start:.0f}s. Written:")
+    print(f"  pretraining run   {os.path.abspath(pretrain_dir)}")
+    print(f"  fine-tuning run   {os.path.abspath(finetune_dir)}")
+    print(f"  SavedModel        {os.path.abspath(saved_model)}")
+    return 0
+
+
+def _classify_examples(saved_model):
+    """Reloads the exported SavedModel in this process and prints its labels of `EXAMPLES`."""
     import tensorflow as tf
     import tensorflow_text  # noqa: F401  (registers the tokenizer's ops for the reload)
 
@@ -474,6 +496,8 @@ def cmd_quickstart(args):
     ):
         print(f"  {label.decode():>6}  p={probabilities.max():.3f}  {text}")
 
+
+def _print_quickstart_summary(pre, fine):
     print("\nSummary")
     rows = [
         ("pretrain", f"{pre.seconds:.0f}s", "validation perplexity",
@@ -485,11 +509,6 @@ def cmd_quickstart(args):
         ("", "", "test F1 (macro)", f"{fine.metrics['test_f1']:.4f}"),
     ]
     _print_table(rows, ["stage", "time", "metric", "value"])
-    print(f"\nTotal {time.perf_counter() - start:.0f}s. Written:")
-    print(f"  pretraining run   {os.path.abspath(pretrain_dir)}")
-    print(f"  fine-tuning run   {os.path.abspath(finetune_dir)}")
-    print(f"  SavedModel        {os.path.abspath(saved_model)}")
-    return 0
 
 
 def cmd_digits(args):

@@ -361,15 +361,6 @@ TFIDF_C_GRID = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0)
 STUDY_MARKER = "study_run.json"
 
 
-def _texts_and_labels(name, split, data_dir):
-    pairs = llm_data.load_text_classification(name, split, data_dir)
-    texts, labels = [], []
-    for text, label in pairs.as_numpy_iterator():
-        texts.append(text.decode("utf-8", errors="replace"))
-        labels.append(int(label))
-    return texts, np.asarray(labels)
-
-
 def tfidf_baseline(data="rotten_tomatoes", data_dir=None, c_grid=TFIDF_C_GRID):
     """TF-IDF (word 1-2-grams, sublinear tf) + logistic regression, C chosen on validation.
 
@@ -398,9 +389,10 @@ def tfidf_baseline(data="rotten_tomatoes", data_dir=None, c_grid=TFIDF_C_GRID):
     from sklearn.multiclass import OneVsRestClassifier
 
     start = time.perf_counter()
-    train_texts, train_labels = _texts_and_labels(data, "train", data_dir)
-    validation_texts, validation_labels = _texts_and_labels(data, "validation", data_dir)
-    test_texts, test_labels = _texts_and_labels(data, "test", data_dir)
+    train_texts, train_labels, validation_texts, validation_labels, test_texts, test_labels = (
+        part for split in ("train", "validation", "test")
+        for part in llm_data.load_texts_and_labels(data, split, data_dir)
+    )
 
     vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1)
     train_features = vectorizer.fit_transform(train_texts)
@@ -533,6 +525,85 @@ def transfer_study(
     model_config = ModelConfig.coerce(
         STUDY_MODEL_CONFIG if model_config is None else model_config, "model_config"
     )
+    train_config, seeds, arms, rates = _study_settings(
+        train_config, seeds, arms, pooling, pretrain_steps, finetune_epochs, learning_rates
+    )
+    os.makedirs(run_dir, exist_ok=True)
+    neural = [arm for arm in arms if arm != "tfidf"]
+    results = {
+        "data": data,
+        "pretrain_data": pretrain_data if isinstance(pretrain_data, str) else "custom",
+        "seeds": seeds,
+        "arms": {},
+        "learning_rates": {arm: rates[arm] for arm in neural},
+        "pooling": pooling,
+        "pretrain_per_seed": bool(pretrain_per_seed),
+        "machine": _machine(),
+    }
+    started = time.perf_counter()
+
+    # Pretraining (or the given run) defines the tokenizer and the model config.
+    pretrain_runs, model_config = _study_pretraining(
+        results, model_config, train_config, arms, seeds, run_dir, pretrained,
+        pretrain_per_seed, pretrain_data, data_dir, verbose,
+    )
+    shared = {
+        "model_config": model_config,
+        "tokenizer": (os.path.join(pretrain_runs[seeds[0]], training.TOKENIZER)
+                      if neural else None),
+        "pooling": pooling, "data": data, "data_dir": data_dir, "verbose": verbose,
+    }
+    results["model_config"] = model_config.to_dict()
+    results["train_config"] = train_config.to_dict()
+
+    if "tfidf" in arms:
+        results["arms"]["tfidf"] = _tfidf_arm(data, data_dir, tfidf_c_grid, run_dir, verbose)
+    # Neural arms, seed-major so a partial study already compares arms.
+    runs = {arm: [] for arm in neural}
+    for seed in seeds:
+        for arm in neural:
+            source = pretrain_runs[seed] if arm != "scratch" else None
+            runs[arm].append(_study_run(arm, seed, train_config, rates[arm], source,
+                                        os.path.join(run_dir, arm, f"seed{seed}"), **shared))
+    for arm in neural:
+        results["arms"][arm] = {
+            "title": ARM_TITLES[arm],
+            "runs": runs[arm],
+            **_summary(runs[arm]),
+            "settings": {"learning_rate": rates[arm]},
+        }
+    if "scratch" in runs and "pretrained" in runs:
+        results["gain"] = _paired_gain(runs["pretrained"], runs["scratch"])
+    results["wall_seconds"] = time.perf_counter() - started  # this call (reused runs are free)
+    results["compute_seconds"] = _compute_seconds(results)
+
+    write_json(os.path.join(run_dir, "transfer.json"), results)
+    with open(os.path.join(run_dir, "transfer.md"), "w") as f:
+        f.write(format_transfer_table(results) + "\n")
+    plots.plot_transfer_study(results, os.path.join(run_dir, "transfer.png"))
+    return results
+
+
+def _machine():
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "keras": keras.__version__,
+    }
+
+
+def _compute_seconds(results):
+    """Seconds of every pretraining and fine-tuning run in the study, reused ones included."""
+    return float(
+        sum(run.get("seconds", 0.0) for run in results.get("pretraining", {}).get("runs", []))
+        + sum(r["seconds"] for arm in results["arms"].values() for r in arm["runs"])
+    )
+
+
+def _study_settings(train_config, seeds, arms, pooling, pretrain_steps, finetune_epochs,
+                    learning_rates):
+    """Checks `transfer_study`'s arguments; returns `(train_config, seeds, arms, rates)`."""
     train_config = TrainConfig.coerce(
         STUDY_TRAIN_CONFIG if train_config is None else train_config, "train_config"
     )
@@ -553,179 +624,140 @@ def transfer_study(
     if finetune_epochs is not None:
         overrides["finetune_epochs"] = finetune_epochs
     train_config = dataclasses.replace(train_config, **overrides)
-    rates = dict(DEFAULT_LEARNING_RATES)
     unknown_rates = sorted(set(learning_rates or {}) - {"scratch", "pretrained", "probe"})
     if unknown_rates:
         raise ValueError(
             f"learning_rates keys must be among ['scratch', 'pretrained', 'probe']. "
             f"Received {unknown_rates}."
         )
-    rates.update(learning_rates or {})
+    rates = {**DEFAULT_LEARNING_RATES, **(learning_rates or {})}
     rates = {
         arm: float(train_config.finetune_learning_rate if rate is None else rate)
         for arm, rate in rates.items()
     }
-    os.makedirs(run_dir, exist_ok=True)
+    return train_config, seeds, arms, rates
+
+
+def _study_pretraining(results, model_config, train_config, arms, seeds, run_dir, pretrained,
+                       pretrain_per_seed, pretrain_data, data_dir, verbose):
+    """Pretrains (or reuses) what the arms start from; records it in
+    `results["pretraining"]`. Returns `({seed: pretraining run dir}, model_config)`."""
     neural = [arm for arm in arms if arm != "tfidf"]
     needs_backbone = any(arm in ("pretrained", "probe") for arm in arms)
-
-    results = {
-        "data": data,
-        "pretrain_data": pretrain_data if isinstance(pretrain_data, str) else "custom",
-        "seeds": seeds,
-        "arms": {},
-        "learning_rates": {arm: rates[arm] for arm in neural},
-        "pooling": pooling,
-        "pretrain_per_seed": bool(pretrain_per_seed),
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "keras": keras.__version__,
-        },
-    }
-    started = time.perf_counter()
-
-    # --- Pretraining (or the given run): defines the tokenizer and the model config.
-    pretrain_runs = {}
     if pretrained is not None:
         pretrained = os.fspath(pretrained)
-        pretrain_runs = {seed: pretrained for seed in seeds}
-        tokenizer_dir = os.path.join(pretrained, training.TOKENIZER)
-        if not os.path.isdir(tokenizer_dir):
+        if not os.path.isdir(os.path.join(pretrained, training.TOKENIZER)):
             raise FileNotFoundError(
                 f"pretrained={pretrained!r} has no tokenizer/: pass a pretraining run "
                 "directory (keras-llm pretrain ...)."
             )
-        model_config = ModelConfig.load(os.path.join(pretrained, training.MODEL_CONFIG))
         results["pretraining"] = {"runs": [_pretraining_summary(pretrained, None)]}
-    elif needs_backbone or neural:
-        pretrain_seeds = seeds if (pretrain_per_seed and needs_backbone) else seeds[:1]
-        tokenizer = None
-        summaries = []
-        for seed in pretrain_seeds:
-            name = f"pretrain_seed{seed}" if pretrain_per_seed else "pretrain"
-            directory = os.path.join(run_dir, name)
+        model_config = ModelConfig.load(os.path.join(pretrained, training.MODEL_CONFIG))
+        return {seed: pretrained for seed in seeds}, model_config
+    if not neural:
+        return {}, model_config
+    pretrain_seeds = seeds if (pretrain_per_seed and needs_backbone) else seeds[:1]
+    pretrain_runs, tokenizer, summaries = {}, None, []
+    for seed in pretrain_seeds:
+        directory = os.path.join(run_dir, f"pretrain_seed{seed}" if pretrain_per_seed
+                                 else "pretrain")
+        if needs_backbone:
             config = dataclasses.replace(train_config, seed=seed)
-            if needs_backbone:
-                _pretrain_cached(model_config, config, pretrain_data, directory, tokenizer,
-                                 data_dir, verbose)
-            else:  # only `scratch`: the tokenizer is all that is needed
-                scratch_config = _tokenizer_only(model_config, pretrain_data, directory,
-                                                 data_dir)
-            tokenizer = tokenizer or os.path.join(directory, training.TOKENIZER)
-            pretrain_runs[seed] = directory
-            summaries.append(_pretraining_summary(directory, seed))
-            _log(verbose, f"pretraining {directory}: {summaries[-1]}")
-        first = pretrain_runs[pretrain_seeds[0]]
-        for seed in seeds:
-            pretrain_runs.setdefault(seed, first)
-        model_config = (
-            ModelConfig.load(os.path.join(first, training.MODEL_CONFIG))
-            if needs_backbone else scratch_config
-        )
-        results["pretraining"] = {"runs": summaries}
-    tokenizer_dir = None
-    if neural:
-        tokenizer_dir = os.path.join(pretrain_runs[seeds[0]], training.TOKENIZER)
-    results["model_config"] = model_config.to_dict()
-    results["train_config"] = train_config.to_dict()
-
-    # --- Baseline.
-    if "tfidf" in arms:
-        baseline = tfidf_baseline(data, data_dir, c_grid=tfidf_c_grid)
-        write_json(os.path.join(run_dir, "tfidf.json"), baseline)
-        run = {"seed": None, "f1": baseline["f1"], "accuracy": baseline["accuracy"],
-               "seconds": baseline["seconds"], "C": baseline["C"],
-               "validation_f1": baseline["validation_f1"]}
-        results["arms"]["tfidf"] = {"title": ARM_TITLES["tfidf"], "runs": [run],
-                                    **_summary([run]), "settings": {"C": baseline["C"]}}
-        _log(verbose, f"tfidf: test f1 {run['f1']:.4f} acc {run['accuracy']:.4f} "
-                      f"(C={baseline['C']})")
-
-    # --- Neural arms, seed-major so a partial study already compares arms.
-    runs = {arm: [] for arm in neural}
+            _pretrain_cached(model_config, config, pretrain_data, directory, tokenizer,
+                             data_dir, verbose)
+        else:  # only `scratch`: the tokenizer is all that is needed
+            scratch_config = _tokenizer_only(model_config, pretrain_data, directory, data_dir)
+        tokenizer = tokenizer or os.path.join(directory, training.TOKENIZER)
+        pretrain_runs[seed] = directory
+        summaries.append(_pretraining_summary(directory, seed))
+        _log(verbose, f"pretraining {directory}: {summaries[-1]}")
+    first = pretrain_runs[pretrain_seeds[0]]
     for seed in seeds:
-        for arm in neural:
-            config = dataclasses.replace(
-                train_config,
-                seed=seed,
-                finetune_learning_rate=rates[arm],
-                freeze_backbone_epochs={
-                    "scratch": 0,
-                    "pretrained": train_config.freeze_backbone_epochs,
-                    "probe": train_config.finetune_epochs,
-                }[arm],
-            )
-            directory = os.path.join(run_dir, arm, f"seed{seed}")
-            source = pretrain_runs[seed] if arm != "scratch" else None
-            settings = {
-                "arm": arm,
-                "train_config": config.to_dict(),
-                "model_config": model_config.to_dict(),
-                "pretrained": os.path.abspath(source) if source else None,
-                # A pretraining run redone in place must not pass for the old one.
-                "pretrained_at": (
-                    os.path.getmtime(os.path.join(source, training.BACKBONE)) if source else None
-                ),
-                "tokenizer": os.path.abspath(tokenizer_dir),
-                "pooling": pooling,
-                "data": data,
-            }
-            metrics = _finished(directory, settings)
-            if metrics is None:
-                _forget(directory)
-                keras.backend.clear_session()
-                result = training.finetune(
-                    config,
-                    data=data,
-                    run_dir=directory,
-                    pretrained=source,
-                    model_config=None if source else model_config,
-                    tokenizer=tokenizer_dir,
-                    data_dir=data_dir,
-                    pooling=pooling,
-                    verbose=2 if verbose >= 2 else 0,
-                )
-                metrics = result.metrics
-                _mark_finished(directory, settings)
-            run = {
-                "seed": seed,
-                "f1": float(metrics["test_f1"]),
-                "accuracy": float(metrics["test_accuracy"]),
-                "seconds": float(metrics["seconds"]),
-                "run_dir": directory,
-            }
-            runs[arm].append(run)
-            _log(verbose, f"{arm} seed {seed}: test f1 {run['f1']:.4f} "
-                          f"acc {run['accuracy']:.4f} ({run['seconds']:.0f} s)")
-    for arm in neural:
-        results["arms"][arm] = {
-            "title": ARM_TITLES[arm],
-            "runs": runs[arm],
-            **_summary(runs[arm]),
-            "settings": {"learning_rate": rates[arm]},
-        }
-    if "scratch" in runs and "pretrained" in runs:
-        differences = np.asarray(
-            [p["f1"] - s["f1"] for p, s in zip(runs["pretrained"], runs["scratch"])]
-        )
-        results["gain"] = {
-            "f1_mean": float(differences.mean()),
-            "f1_std": float(differences.std(ddof=1)) if len(differences) > 1 else 0.0,
-            "per_seed": differences.tolist(),
-        }
-    results["wall_seconds"] = time.perf_counter() - started  # this call (reused runs are free)
-    results["compute_seconds"] = float(
-        sum(run.get("seconds", 0.0) for run in results.get("pretraining", {}).get("runs", []))
-        + sum(r["seconds"] for arm in results["arms"].values() for r in arm["runs"])
-    )
+        pretrain_runs.setdefault(seed, first)
+    results["pretraining"] = {"runs": summaries}
+    if needs_backbone:
+        return pretrain_runs, ModelConfig.load(os.path.join(first, training.MODEL_CONFIG))
+    return pretrain_runs, scratch_config
 
-    write_json(os.path.join(run_dir, "transfer.json"), results)
-    with open(os.path.join(run_dir, "transfer.md"), "w") as f:
-        f.write(format_transfer_table(results) + "\n")
-    plots.plot_transfer_study(results, os.path.join(run_dir, "transfer.png"))
-    return results
+
+def _tfidf_arm(data, data_dir, c_grid, run_dir, verbose):
+    """The TF-IDF baseline as a study arm (its details in `tfidf.json`)."""
+    baseline = tfidf_baseline(data, data_dir, c_grid=c_grid)
+    write_json(os.path.join(run_dir, "tfidf.json"), baseline)
+    run = {"seed": None, "f1": baseline["f1"], "accuracy": baseline["accuracy"],
+           "seconds": baseline["seconds"], "C": baseline["C"],
+           "validation_f1": baseline["validation_f1"]}
+    _log(verbose, f"tfidf: test f1 {run['f1']:.4f} acc {run['accuracy']:.4f} "
+                  f"(C={baseline['C']})")
+    return {"title": ARM_TITLES["tfidf"], "runs": [run], **_summary([run]),
+            "settings": {"C": baseline["C"]}}
+
+
+def _study_run(arm, seed, train_config, learning_rate, source, directory, *, model_config,
+               tokenizer, pooling, data, data_dir, verbose):
+    """One neural arm's fine-tuning run for one seed (reused when it finished earlier with
+    the same settings); returns its `seed`, test `f1`, `accuracy`, `seconds`, `run_dir`."""
+    config = dataclasses.replace(
+        train_config,
+        seed=seed,
+        finetune_learning_rate=learning_rate,
+        freeze_backbone_epochs={
+            "scratch": 0,
+            "pretrained": train_config.freeze_backbone_epochs,
+            "probe": train_config.finetune_epochs,
+        }[arm],
+    )
+    settings = {
+        "arm": arm,
+        "train_config": config.to_dict(),
+        "model_config": model_config.to_dict(),
+        "pretrained": os.path.abspath(source) if source else None,
+        # A pretraining run redone in place must not pass for the old one.
+        "pretrained_at": (
+            os.path.getmtime(os.path.join(source, training.BACKBONE)) if source else None
+        ),
+        "tokenizer": os.path.abspath(tokenizer),
+        "pooling": pooling,
+        "data": data,
+    }
+    metrics = _finished(directory, settings)
+    if metrics is None:
+        _forget(directory)
+        keras.backend.clear_session()
+        metrics = training.finetune(
+            config,
+            data=data,
+            run_dir=directory,
+            pretrained=source,
+            model_config=None if source else model_config,
+            tokenizer=tokenizer,
+            data_dir=data_dir,
+            pooling=pooling,
+            verbose=2 if verbose >= 2 else 0,
+        ).metrics
+        _mark_finished(directory, settings)
+    run = {
+        "seed": seed,
+        "f1": float(metrics["test_f1"]),
+        "accuracy": float(metrics["test_accuracy"]),
+        "seconds": float(metrics["seconds"]),
+        "run_dir": directory,
+    }
+    _log(verbose, f"{arm} seed {seed}: test f1 {run['f1']:.4f} "
+                  f"acc {run['accuracy']:.4f} ({run['seconds']:.0f} s)")
+    return run
+
+
+def _paired_gain(pretrained_runs, scratch_runs):
+    """Paired `pretrained - scratch` test macro-F1 over seeds: mean, sample std, per seed."""
+    differences = np.asarray(
+        [p["f1"] - s["f1"] for p, s in zip(pretrained_runs, scratch_runs)]
+    )
+    return {
+        "f1_mean": float(differences.mean()),
+        "f1_std": float(differences.std(ddof=1)) if len(differences) > 1 else 0.0,
+        "per_seed": differences.tolist(),
+    }
 
 
 def _pretrain_cached(model_config, train_config, pretrain_data, directory, tokenizer,

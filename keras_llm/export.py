@@ -681,63 +681,21 @@ def export_all(
     report = {"run_dir": run_dir, "output_dir": output_dir}
 
     if has_classifier:
-        labels_path = os.path.join(run_dir, RUN_LABELS)
-        config_path = os.path.join(run_dir, RUN_TRAIN_CONFIG)
-        for needed in (labels_path, config_path):
-            if not os.path.isfile(needed):
-                raise FileNotFoundError(
-                    f"{run_dir!r} has {RUN_CLASSIFIER} but no {os.path.basename(needed)}; "
-                    "it is written by keras_llm.training.finetune."
-                )
-        label_names = read_json(labels_path)
-        sequence_length = TrainConfig.load(config_path).classifier_sequence_length
-        model = keras.models.load_model(classifier_path, compile=False)
+        model, label_names, sequence_length = _load_classifier_run(run_dir, classifier_path)
         report.update(label_names=label_names, sequence_length=sequence_length)
-
-        artifacts[CLASSIFIER_DIR] = export_classifier(
-            model,
-            tokenizer,
-            os.path.join(output_dir, CLASSIFIER_DIR),
-            label_names,
-            sequence_length,
-        )
-        if quantize:
-            artifacts[CLASSIFIER_INT8_DIR] = export_classifier(
-                quantize_classifier(model),
-                tokenizer,
-                os.path.join(output_dir, CLASSIFIER_INT8_DIR),
-                label_names,
-                sequence_length,
-            )
-        if tflite:
-            artifacts[CLASSIFIER_TFLITE] = export_tflite(
-                model, os.path.join(output_dir, CLASSIFIER_TFLITE), sequence_length
-            )
-            if quantize:
-                artifacts[CLASSIFIER_INT8_TFLITE] = export_tflite(
-                    model,
-                    os.path.join(output_dir, CLASSIFIER_INT8_TFLITE),
-                    sequence_length,
-                    quantize="dynamic_range",
-                )
+        artifacts.update(_export_classifier_files(
+            model, tokenizer, output_dir, label_names, sequence_length, quantize, tflite
+        ))
         if data is None and os.path.isfile(os.path.join(run_dir, RUN_METADATA)):
             data = read_json(os.path.join(run_dir, RUN_METADATA)).get("dataset")
         if data is not None:
-            pairs = llm_data.load_text_classification(data, split, data_dir)
-            pairs = list(pairs.as_numpy_iterator())
-            texts = [text.decode("utf-8", "replace") for text, _ in pairs]
-            labels = [int(label) for _, label in pairs]
+            texts, labels = llm_data.load_texts_and_labels(data, split, data_dir)
             report["evaluation"] = {
                 "data": data,
                 "split": split,
                 "examples": len(texts),
                 **evaluate_exports(
-                    model,
-                    tokenizer,
-                    texts,
-                    labels,
-                    dict(artifacts),
-                    sequence_length,
+                    model, tokenizer, texts, labels, dict(artifacts), sequence_length
                 ),
             }
 
@@ -751,3 +709,44 @@ def export_all(
     report["sizes"] = {name: artifact_size(path) for name, path in artifacts.items()}
     write_json(os.path.join(output_dir, REPORT_FILE), report)
     return report
+
+
+def _load_classifier_run(run_dir, classifier_path):
+    """`(model, label_names, serving sequence_length)` of a fine-tuning run directory."""
+    labels_path = os.path.join(run_dir, RUN_LABELS)
+    config_path = os.path.join(run_dir, RUN_TRAIN_CONFIG)
+    for needed in (labels_path, config_path):
+        if not os.path.isfile(needed):
+            raise FileNotFoundError(
+                f"{run_dir!r} has {RUN_CLASSIFIER} but no {os.path.basename(needed)}; "
+                "it is written by keras_llm.training.finetune."
+            )
+    label_names = read_json(labels_path)
+    sequence_length = TrainConfig.load(config_path).classifier_sequence_length
+    return keras.models.load_model(classifier_path, compile=False), label_names, sequence_length
+
+
+def _export_classifier_files(model, tokenizer, output_dir, label_names, sequence_length,
+                             quantize, tflite):
+    """The classifier's SavedModels (float32, int8) and TFLite files; name -> path."""
+    def saved_model(name, variant):
+        return export_classifier(
+            variant, tokenizer, os.path.join(output_dir, name), label_names, sequence_length
+        )
+
+    artifacts = {CLASSIFIER_DIR: saved_model(CLASSIFIER_DIR, model)}
+    if quantize:
+        artifacts[CLASSIFIER_INT8_DIR] = saved_model(CLASSIFIER_INT8_DIR,
+                                                     quantize_classifier(model))
+    if tflite:
+        artifacts[CLASSIFIER_TFLITE] = export_tflite(
+            model, os.path.join(output_dir, CLASSIFIER_TFLITE), sequence_length
+        )
+        if quantize:
+            artifacts[CLASSIFIER_INT8_TFLITE] = export_tflite(
+                model,
+                os.path.join(output_dir, CLASSIFIER_INT8_TFLITE),
+                sequence_length,
+                quantize="dynamic_range",
+            )
+    return artifacts

@@ -54,12 +54,6 @@ SPEAKERS_LEARNING_RATES = {"scratch": 3e-4, "pretrained": 3e-4, "probe": 1e-2}
 SCORES = ("precision", "recall", "f1", "accuracy")
 
 
-def _texts_and_labels(data, split, data_dir):
-    pairs = list(llm_data.load_text_classification(data, split, data_dir).as_numpy_iterator())
-    texts = [text.decode("utf-8", errors="replace") for text, _ in pairs]
-    return texts, np.asarray([int(label) for _, label in pairs])
-
-
 def _summary(runs):
     """Mean and sample std (ddof=1; 0 for one run) of the scores over runs."""
     out = {"n": len(runs)}
@@ -136,15 +130,7 @@ def speakers_study(
     }
 
     if "tfidf" in arms:
-        baseline = evaluation.tfidf_baseline(DATASET, data_dir)
-        report = baseline.pop("report")
-        write_json(os.path.join(run_dir, "tfidf.json"), {**baseline, "report": report})
-        run = {"seed": None, **baseline}
-        results["arms"]["tfidf"] = {"title": ARM_TITLES["tfidf"], "runs": [run],
-                                    **_summary([run]), "report": report}
-        if verbose:
-            print(f"[speakers] tfidf: test macro-F1 {run['f1']:.4f} (C={run['C']:g})",
-                  flush=True)
+        results["arms"]["tfidf"] = _tfidf_arm(run_dir, data_dir, verbose)
 
     neural = [arm for arm in arms if arm != "tfidf"]
     if neural:
@@ -155,25 +141,41 @@ def speakers_study(
         )
         results["model_config"] = study["model_config"]
         for arm in neural:
-            runs, first_report = [], None
-            for run in study["arms"][arm]["runs"]:
-                metrics, report = evaluation.evaluate_run(run["run_dir"], "test", data_dir)
-                validation, _ = evaluation.evaluate_run(run["run_dir"], "validation", data_dir)
-                first_report = first_report or report
-                runs.append({
-                    "seed": run["seed"],
-                    **{key: float(metrics[key]) for key in SCORES},
-                    "validation_f1": float(validation["f1"]),
-                    "seconds": run["seconds"],
-                    "run_dir": run["run_dir"],
-                })
-            results["arms"][arm] = {"title": ARM_TITLES[arm], "runs": runs, **_summary(runs),
-                                    "report": first_report}
+            results["arms"][arm] = _neural_arm(arm, study["arms"][arm]["runs"], data_dir)
     results["wall_seconds"] = time.perf_counter() - started
     write_json(os.path.join(run_dir, "speakers.json"), results)
     with open(os.path.join(run_dir, "speakers.md"), "w") as f:
         f.write(format_speakers_table(results) + "\n")
     return results
+
+
+def _tfidf_arm(run_dir, data_dir, verbose):
+    """The TF-IDF baseline (`evaluation.tfidf_baseline`) as an arm; `tfidf.json` holds it."""
+    baseline = evaluation.tfidf_baseline(DATASET, data_dir)
+    report = baseline.pop("report")
+    write_json(os.path.join(run_dir, "tfidf.json"), {**baseline, "report": report})
+    run = {"seed": None, **baseline}
+    if verbose:
+        print(f"[speakers] tfidf: test macro-F1 {run['f1']:.4f} (C={run['C']:g})", flush=True)
+    return {"title": ARM_TITLES["tfidf"], "runs": [run], **_summary([run]), "report": report}
+
+
+def _neural_arm(arm, study_runs, data_dir):
+    """An arm's fine-tuning runs scored by `evaluation.evaluate_run` on test and validation:
+    per run the scores, their summary, and the first run's per-class test report."""
+    runs, first_report = [], None
+    for run in study_runs:
+        metrics, report = evaluation.evaluate_run(run["run_dir"], "test", data_dir)
+        validation, _ = evaluation.evaluate_run(run["run_dir"], "validation", data_dir)
+        first_report = first_report or report
+        runs.append({
+            "seed": run["seed"],
+            **{key: float(metrics[key]) for key in SCORES},
+            "validation_f1": float(validation["f1"]),
+            "seconds": run["seconds"],
+            "run_dir": run["run_dir"],
+        })
+    return {"title": ARM_TITLES[arm], "runs": runs, **_summary(runs), "report": first_report}
 
 
 def _cell(summary, key):

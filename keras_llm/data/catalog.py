@@ -24,6 +24,7 @@ import io
 import logging
 import os
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
@@ -384,6 +385,16 @@ def load_text_classification(name, split, data_dir=None):
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )
+
+
+def load_texts_and_labels(name, split, data_dir=None):
+    """A classification split in memory: `(texts, labels)`, a list of str (invalid UTF-8
+    replaced) and an int NumPy array, in the stored order (`load_text_classification`)."""
+    texts, labels = [], []
+    for text, label in load_text_classification(name, split, data_dir).as_numpy_iterator():
+        texts.append(text.decode("utf-8", errors="replace"))
+        labels.append(int(label))
+    return texts, np.asarray(labels)
 
 
 def load_pretraining_text(name, split, data_dir=None):
