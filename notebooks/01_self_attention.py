@@ -71,10 +71,7 @@ if QUICK:
     MODEL_CONFIG = ModelConfig.preset("tiny")
     TRAIN_CONFIG = TrainConfig.preset("tiny")
 else:
-    MODEL_CONFIG = ModelConfig.preset(
-        "small", vocabulary_size=2048, sequence_length=64, hidden_dim=128, num_layers=2,
-        intermediate_dim=512,
-    )
+    MODEL_CONFIG = ModelConfig.preset("mini")  # "small" narrowed: width 128, 2 layers
     TRAIN_CONFIG = TrainConfig.preset("quick", pretrain_steps=800, precision="float32")
 
 # The hand-worked example: a few tokens, width 8, two heads of width 4.

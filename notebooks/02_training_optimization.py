@@ -74,10 +74,7 @@ if QUICK:
     MODEL_CONFIG = ModelConfig.preset("tiny")
     TRAIN_CONFIG = TrainConfig.preset("tiny", finetune_steps_per_epoch=20)
 else:
-    MODEL_CONFIG = ModelConfig.preset(
-        "small", vocabulary_size=2048, sequence_length=64, hidden_dim=128, num_layers=2,
-        intermediate_dim=512,
-    )
+    MODEL_CONFIG = ModelConfig.preset("mini")  # "small" narrowed: width 128, 2 layers
     TRAIN_CONFIG = TrainConfig.preset(
         "quick", pretrain_steps=300, finetune_epochs=3, finetune_steps_per_epoch=80,
         precision="float32",

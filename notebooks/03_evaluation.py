@@ -71,10 +71,7 @@ if QUICK:
     TRAIN_CONFIG = TrainConfig.preset("tiny", finetune_steps_per_epoch=20)
     SEEDS = (0,)
 else:
-    MODEL_CONFIG = ModelConfig.preset(
-        "small", vocabulary_size=2048, sequence_length=64, hidden_dim=128, num_layers=2,
-        intermediate_dim=512,
-    )
+    MODEL_CONFIG = ModelConfig.preset("mini")  # "small" narrowed: width 128, 2 layers
     TRAIN_CONFIG = TrainConfig.preset(
         "quick", pretrain_steps=600, finetune_epochs=2, finetune_steps_per_epoch=60,
         precision="float32",

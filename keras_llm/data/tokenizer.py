@@ -32,13 +32,14 @@ A SavedModel holding this tokenizer uses tensorflow-text ops: the serving proces
 """
 
 import collections
-import json
 import numbers
 import os
 
 import keras
 import tensorflow as tf
 import tensorflow_text as tf_text
+
+from keras_llm._io import read_json, write_json
 
 PAD_TOKEN, UNK_TOKEN, START_TOKEN, END_TOKEN = "[PAD]", "[UNK]", "[BOS]", "[EOS]"
 RESERVED_TOKENS = (PAD_TOKEN, UNK_TOKEN, START_TOKEN, END_TOKEN)
@@ -382,12 +383,11 @@ class Tokenizer(keras.layers.Layer):
         os.makedirs(directory, exist_ok=True)
         with open(os.path.join(directory, VOCABULARY_FILE), "w", encoding="utf-8") as f:
             f.write("".join(token + "\n" for token in self.vocabulary))
-        with open(os.path.join(directory, CONFIG_FILE), "w", encoding="utf-8") as f:
-            config = {"lowercase": self.lowercase, "vocabulary_size": self.vocabulary_size}
-            if self.whitespace != "split":
-                # Written only when not the default: "split" tokenizers save as before.
-                config["whitespace"] = self.whitespace
-            json.dump(config, f, indent=2)
+        config = {"lowercase": self.lowercase, "vocabulary_size": self.vocabulary_size}
+        if self.whitespace != "split":
+            # Written only when not the default: "split" tokenizers save as before.
+            config["whitespace"] = self.whitespace
+        write_json(os.path.join(directory, CONFIG_FILE), config)
 
     @classmethod
     def load(cls, directory):
@@ -405,10 +405,7 @@ class Tokenizer(keras.layers.Layer):
         with open(vocabulary_path, encoding="utf-8") as f:
             vocabulary = f.read().split("\n")[:-1]
         config_path = os.path.join(directory, CONFIG_FILE)
-        config = {}
-        if os.path.isfile(config_path):
-            with open(config_path, encoding="utf-8") as f:
-                config = json.load(f)
+        config = read_json(config_path) if os.path.isfile(config_path) else {}
         return cls(
             vocabulary,
             lowercase=config.get("lowercase", True),
