@@ -291,8 +291,6 @@ class Tokenizer(keras.layers.Layer):
         Returns:
             A `Tokenizer`.
         """
-        import tokenizers  # Hugging Face tokenizers: only needed to train
-
         whitespace = _check_whitespace(whitespace)
         if isinstance(vocabulary_size, bool) or not isinstance(vocabulary_size, numbers.Integral):
             raise ValueError(f"vocabulary_size must be an int. Received {vocabulary_size!r}.")
@@ -302,80 +300,9 @@ class Tokenizer(keras.layers.Layer):
                 f"vocabulary_size must exceed the {len(RESERVED_TOKENS)} reserved tokens. "
                 f"Received vocabulary_size={vocabulary_size}."
             )
-        if isinstance(dataset, (str, bytes)):
-            dataset = [dataset]
-        if not isinstance(dataset, tf.data.Dataset):
-            dataset = tf.data.Dataset.from_tensor_slices(tf.constant(list(dataset), tf.string))
-        spec = dataset.element_spec
-        if not (
-            isinstance(spec, tf.TensorSpec) and spec.dtype == tf.string and spec.shape.rank == 0
-        ):
-            raise ValueError(
-                "Tokenizer.train needs a tf.data.Dataset of scalar strings (map your data "
-                f"set to its text first). Received element_spec={spec}."
-            )
-        if whitespace == "keep":
-            layout = list(WHITESPACE_TOKENS)
-
-            def split(texts):
-                words = _split_words(texts, lowercase, whitespace).flat_values
-                return tf.boolean_mask(words, ~_layout_to_tokens(words)[1])
-
-        else:
-            layout = []
-
-            def split(texts):
-                return _split_words(texts, lowercase).flat_values
-
-        words = dataset.batch(batch_size).map(split, num_parallel_calls=tf.data.AUTOTUNE)
-        counts = collections.Counter()
-        for batch in words:
-            counts.update(word.decode("utf-8") for word in batch.numpy())
-        # The trainer gives a continuation piece ("##c") its id when it first meets it while
-        # walking a hash map, so ids (and the merges that break count ties by id) would
-        # change from one process to the next (huggingface/tokenizers#1794). Handing it
-        # every continuation piece up front, in sorted order, fixes the ids: the same text
-        # always gives the same vocabulary.
-        continuation = sorted({char for word in counts for char in word[1:]})
-        fixed = list(RESERVED_TOKENS) + layout
-        special = fixed + [SUFFIX_INDICATOR + char for char in continuation]
-
-        def word_batches():
-            batch = []
-            for word, count in sorted(counts.items()):
-                batch.extend([word] * count)
-                if len(batch) >= batch_size * 64:
-                    yield batch
-                    batch = []
-            if batch:
-                yield batch
-
-        learner = tokenizers.Tokenizer(
-            tokenizers.models.WordPiece(
-                unk_token=UNK_TOKEN, continuing_subword_prefix=SUFFIX_INDICATOR
-            )
-        )
-        if whitespace == "split":
-            # Our words contain no whitespace, so this only separates them again.
-            learner.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
-        # (With "keep", a word may be one whitespace character such as U+00A0: each word is
-        # one sequence, with no pre-tokenizer to drop it.)
-        trainer = tokenizers.trainers.WordPieceTrainer(
-            vocab_size=vocabulary_size,
-            min_frequency=2,
-            special_tokens=special,
-            continuing_subword_prefix=SUFFIX_INDICATOR,
-            show_progress=False,
-        )
-        learner.train_from_iterator(word_batches(), trainer)
-        ids = learner.get_vocab()
-        vocabulary = sorted(ids, key=ids.get)
-        if whitespace == "keep":
-            learned = [token for token in vocabulary if token not in fixed]
-            single = [t for t in learned if len(t.removeprefix(SUFFIX_INDICATOR)) == 1]
-            longer = [t for t in learned if len(t.removeprefix(SUFFIX_INDICATOR)) != 1]
-            # The alphabet first: longer pieces are what the size limit gives up.
-            vocabulary = fixed + single + _complete_alphabet(single) + longer
+        counts = _word_counts(dataset, lowercase, whitespace, batch_size)
+        layout = list(WHITESPACE_TOKENS) if whitespace == "keep" else []
+        vocabulary = _learn_vocabulary(counts, vocabulary_size, layout, whitespace, batch_size)
         return cls(vocabulary[:vocabulary_size], lowercase=lowercase, whitespace=whitespace)
 
     def save(self, directory):
@@ -541,3 +468,89 @@ class Tokenizer(keras.layers.Layer):
         if sequence_length is None:
             return self.tokenize(texts)
         return self.encode(texts, sequence_length)
+
+
+def _word_counts(dataset, lowercase, whitespace, batch_size):
+    """How often each word (see the module docstring) occurs in `dataset`, a
+    `tf.data.Dataset` of scalar strings or a list of str; counted with TensorFlow ops."""
+    if isinstance(dataset, (str, bytes)):
+        dataset = [dataset]
+    if not isinstance(dataset, tf.data.Dataset):
+        dataset = tf.data.Dataset.from_tensor_slices(tf.constant(list(dataset), tf.string))
+    spec = dataset.element_spec
+    if not (
+        isinstance(spec, tf.TensorSpec) and spec.dtype == tf.string and spec.shape.rank == 0
+    ):
+        raise ValueError(
+            "Tokenizer.train needs a tf.data.Dataset of scalar strings (map your data "
+            f"set to its text first). Received element_spec={spec}."
+        )
+    if whitespace == "keep":
+
+        def split(texts):
+            words = _split_words(texts, lowercase, whitespace).flat_values
+            return tf.boolean_mask(words, ~_layout_to_tokens(words)[1])
+
+    else:
+
+        def split(texts):
+            return _split_words(texts, lowercase).flat_values
+
+    words = dataset.batch(batch_size).map(split, num_parallel_calls=tf.data.AUTOTUNE)
+    counts = collections.Counter()
+    for batch in words:
+        counts.update(word.decode("utf-8") for word in batch.numpy())
+    return counts
+
+
+def _learn_vocabulary(counts, vocabulary_size, layout, whitespace, batch_size):
+    """The WordPiece vocabulary (reserved tokens, `layout`, then the learned pieces by id)
+    that Hugging Face's trainer learns from the word `counts`."""
+    import tokenizers  # Hugging Face tokenizers: only needed to train
+
+    # The trainer gives a continuation piece ("##c") its id when it first meets it while
+    # walking a hash map, so ids (and the merges that break count ties by id) would
+    # change from one process to the next (huggingface/tokenizers#1794). Handing it
+    # every continuation piece up front, in sorted order, fixes the ids: the same text
+    # always gives the same vocabulary.
+    continuation = sorted({char for word in counts for char in word[1:]})
+    fixed = list(RESERVED_TOKENS) + layout
+    special = fixed + [SUFFIX_INDICATOR + char for char in continuation]
+
+    def word_batches():
+        batch = []
+        for word, count in sorted(counts.items()):
+            batch.extend([word] * count)
+            if len(batch) >= batch_size * 64:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+    learner = tokenizers.Tokenizer(
+        tokenizers.models.WordPiece(
+            unk_token=UNK_TOKEN, continuing_subword_prefix=SUFFIX_INDICATOR
+        )
+    )
+    if whitespace == "split":
+        # Our words contain no whitespace, so this only separates them again.
+        learner.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
+    # (With "keep", a word may be one whitespace character such as U+00A0: each word is
+    # one sequence, with no pre-tokenizer to drop it.)
+    trainer = tokenizers.trainers.WordPieceTrainer(
+        vocab_size=vocabulary_size,
+        min_frequency=2,
+        special_tokens=special,
+        continuing_subword_prefix=SUFFIX_INDICATOR,
+        show_progress=False,
+    )
+    learner.train_from_iterator(word_batches(), trainer)
+    ids = learner.get_vocab()
+    vocabulary = sorted(ids, key=ids.get)
+    if whitespace == "keep":
+        learned = [token for token in vocabulary if token not in fixed]
+        single = [t for t in learned if len(t.removeprefix(SUFFIX_INDICATOR)) == 1]
+        longer = [t for t in learned if len(t.removeprefix(SUFFIX_INDICATOR)) != 1]
+        # The alphabet first: longer pieces are what the size limit gives up.
+        vocabulary = fixed + single + _complete_alphabet(single) + longer
+    return vocabulary
