@@ -231,10 +231,21 @@ def _format_metrics(metrics):
     return {k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in metrics.items()}
 
 
+def _check_dataset(name, task):
+    """A `--dataset` the catalog does not know is a usage error, before any work starts."""
+    from keras_llm import data
+
+    try:
+        data.dataset_spec(name, task)
+    except ValueError as error:
+        raise UsageError(f"--dataset: {error}") from None
+
+
 def cmd_pretrain(args):
     from keras_llm import training
 
     model, train = _configs(args, "small")
+    _check_dataset(args.dataset, "pretraining")
     result = training.pretrain(model, train, data=args.dataset, run_dir=args.run_dir,
                                data_dir=args.data_dir)
     _print_table(sorted(_format_metrics(result.metrics).items()), ["metric", "value"])
@@ -246,6 +257,7 @@ def cmd_finetune(args):
     from keras_llm import training
 
     model, train = _configs(args, "small")
+    _check_dataset(args.dataset, "classification")
     result = training.finetune(
         train, data=args.dataset, run_dir=args.run_dir, pretrained=args.pretrained,
         model_config=None if args.pretrained else model, data_dir=args.data_dir,

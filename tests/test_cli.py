@@ -43,6 +43,16 @@ def test_bad_config_values_are_usage_errors(tmp_path, capsys):
     assert "unknown top-level keys ['modle']" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command, task", [("finetune", "classification"),
+                                           ("pretrain", "pretraining")])
+def test_unknown_dataset_is_one_line_before_any_work(command, task, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert cli.main([command, "--dataset", "nope", "--run-dir", str(run_dir)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"Unknown {task} data set 'nope'" in err and len(err.splitlines()) == 1, err
+    assert not run_dir.exists()
+
+
 def test_missing_run_directory_is_one_line(tmp_path, capsys):
     assert cli.main(["export", str(tmp_path / "nowhere")]) == 2
     assert "not a keras_llm run directory" in capsys.readouterr().err

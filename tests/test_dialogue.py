@@ -243,3 +243,4 @@ def test_bad_input_is_one_line_and_exit_code_2(dialogue_run, tmp_path, capsys, m
     assert cli.main(make_args(dialogue_run[0], tmp_path)) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()  # a bad --pretrained writes nothing

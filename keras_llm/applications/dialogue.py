@@ -445,6 +445,7 @@ def finetune_dialogue(
         `training.RunResult`; `metrics` holds `{validation,test,test_qa}_answer_perplexity_
         {before,after}`, the token counts and the example counts.
     """
+    run_info(pretrained_run_dir)  # a wrong directory fails before anything is written
     run = training.TrainingRun(run_dir, train_config, verbose=verbose)
     train_config = run.train_config
     with run.policy(), run.strategy.scope():
