@@ -6,6 +6,7 @@
 - `matmul_peak_flops`: a measured matrix-multiply peak (FLOP/s) to compute MFU against.
 - `machine`: the machine class and description every benchmark prints and records.
 - `markdown_table`: a table that reads well in a terminal and pastes into a README.
+- `step_timer`: a Keras callback that records the seconds of every training step.
 
 Nothing here imports keras_llm: a benchmark imports keras_llm first (it sets up the backend and
 quiets TensorFlow), then these helpers.
@@ -170,3 +171,24 @@ class OtherProcessesCpu:
             others = (busy1 - busy0) - (self._own_seconds() - own0)
             self.share = max(0.0, others) / (wall * self.cores)
         return False
+
+
+def step_timer():
+    """A Keras callback recording each training step's seconds in `.seconds`, from
+    `on_train_batch_begin` to `on_train_batch_end` (on CPU the compiled train function
+    returns only when the step is done, so a stamp pair is one whole step)."""
+    import keras  # the benchmark has imported keras_llm first (the backend is set)
+
+    class StepTimer(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.seconds = []
+            self._start = None
+
+        def on_train_batch_begin(self, batch, logs=None):
+            self._start = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.seconds.append(time.perf_counter() - self._start)
+
+    return StepTimer()

@@ -39,7 +39,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
-from _common import machine, markdown_table  # noqa: E402
+from _common import machine, markdown_table, step_timer  # noqa: E402
 
 import keras_llm  # noqa: E402  (sets the backend before TensorFlow starts)
 
@@ -106,19 +106,8 @@ def training_rate(model_config, batch_size, steps, repeats):
     batch = (window[:, :-1], window[:, 1:])
     dataset = tf.data.Dataset.from_tensors(batch).repeat()
 
-    class Stamps(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.seconds = []
-
-        def on_train_batch_begin(self, batch, logs=None):
-            self._start = time.perf_counter()
-
-        def on_train_batch_end(self, batch, logs=None):
-            self.seconds.append(time.perf_counter() - self._start)
-
     model.fit(dataset, steps_per_epoch=2, epochs=1, verbose=0, shuffle=False)  # warm-up
-    stamps = Stamps()
+    stamps = step_timer()
     for _ in range(repeats):
         model.fit(
             dataset, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False, callbacks=[stamps]

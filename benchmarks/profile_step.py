@@ -38,6 +38,7 @@ Run (about a minute on 2 cores; the numbers mean something only on an idle machi
     python benchmarks/profile_step.py                          # float32 and mixed_bfloat16
     python benchmarks/profile_step.py --precision mixed_bfloat16 --logdir /tmp/profile
     python benchmarks/profile_step.py --quick                  # tiny preset, smoke run
+    python benchmarks/profile_step.py --checkpoint all-MiniLM-L6-v2 --precision mixed_bfloat16
 """
 
 import argparse
@@ -214,19 +215,36 @@ def summarize_trace(xplane_path, optimizer_scope="adam_w"):
     )
 
 
-def profile(config, precision, batch_size, warmup, steps, logdir, seed=1337):
-    """Trains `warmup` steps, profiles `steps` more, returns `summarize_trace`'s dict."""
+def profile(config, precision, batch_size, warmup, steps, logdir, seed=1337, checkpoint=None,
+            sequence_length=64):
+    """Trains `warmup` steps, profiles `steps` more, returns `summarize_trace`'s dict.
+
+    With `checkpoint` (a preset name) the model is `Classifier.from_preset(checkpoint, 2)` on
+    `(batch_size, sequence_length)` random ids and labels instead of the causal LM."""
     keras.utils.set_random_seed(seed)
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(precision)
     try:
-        model = keras_llm.models.CausalLM(keras_llm.models.TransformerBackbone(config))
+        if checkpoint:
+            model = keras_llm.models.Classifier.from_preset(checkpoint, num_classes=2)
+        else:
+            model = keras_llm.models.CausalLM(keras_llm.models.TransformerBackbone(config))
     finally:
         keras.mixed_precision.set_global_policy(previous)
-    model.compile(optimizer=keras.optimizers.AdamW(), jit_compile=False)
     rng = np.random.default_rng(seed)
-    ids = rng.integers(1, config.vocabulary_size, size=(batch_size, config.sequence_length + 1))
-    data = tf.data.Dataset.from_tensors((ids[:, :-1].astype("int32"), ids[:, 1:].astype("int32")))
+    if checkpoint:
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        model.compile(optimizer=keras.optimizers.AdamW(), loss=loss, jit_compile=False)
+        vocabulary = model.backbone.model_config.vocabulary_size
+        ids = rng.integers(1, vocabulary, size=(batch_size, sequence_length)).astype("int32")
+        labels = rng.integers(0, 2, size=(batch_size,)).astype("int32")
+        data = tf.data.Dataset.from_tensors((ids, labels))
+    else:
+        model.compile(optimizer=keras.optimizers.AdamW(), jit_compile=False)
+        ids = rng.integers(1, config.vocabulary_size,
+                           size=(batch_size, config.sequence_length + 1))
+        data = tf.data.Dataset.from_tensors(
+            (ids[:, :-1].astype("int32"), ids[:, 1:].astype("int32")))
     data = data.repeat()
     model.fit(data, steps_per_epoch=warmup, epochs=1, verbose=0, shuffle=False)
 
@@ -286,6 +304,9 @@ def parse_args(argv):
     parser.add_argument("--steps", type=int, default=3, help="Profiled steps.")
     parser.add_argument("--logdir", default=None, help="Trace directory (default: a temp dir).")
     parser.add_argument("--quick", action="store_true", help="Tiny preset, batch 4, 2 steps.")
+    parser.add_argument("--checkpoint", default=None,
+                        help="Profile the fine-tuning step of a published checkpoint instead "
+                        "(e.g. all-MiniLM-L6-v2: Classifier.from_preset, 64 tokens a row).")
     args = parser.parse_args(argv)
     if args.quick:
         args.preset, args.batch_size, args.warmup, args.steps = "tiny", 4, 1, 2
@@ -306,14 +327,17 @@ def main(argv=None):
     except (AttributeError, OSError):
         load = None
     print(
-        f"# Profile of one training step: keras_llm CausalLM, preset {args.preset!r}, batch "
+        f"# Profile of one training step: keras_llm "
+        f"{f'Classifier on {args.checkpoint!r}, 64 tokens' if args.checkpoint else 'CausalLM'}"
+        f"{'' if args.checkpoint else f', preset {args.preset!r}'}, batch "
         f"{args.batch_size}, AdamW, XLA off; load average {load} at start"
     )
     print(_common.machine()[0])
     summaries = {}
     for precision in precisions:
         start = time.perf_counter()
-        summary = profile(config, precision, args.batch_size, args.warmup, args.steps, logdir)
+        summary = profile(config, precision, args.batch_size, args.warmup, args.steps, logdir,
+                          checkpoint=args.checkpoint)
         print_summary(summary, f"{precision} ({time.perf_counter() - start:.0f} s to run)")
         summaries[precision] = summary
     return summaries

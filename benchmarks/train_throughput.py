@@ -158,21 +158,6 @@ def build_keras_hub(config):
     return keras.Model(token_ids, logits, name="keras_hub_causal_lm")
 
 
-class _StepTimer(keras.callbacks.Callback):
-    """Seconds of every training step, from `on_train_batch_begin` to `on_train_batch_end`."""
-
-    def __init__(self):
-        super().__init__()
-        self.seconds = []
-        self._start = None
-
-    def on_train_batch_begin(self, batch, logs=None):
-        self._start = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.seconds.append(time.perf_counter() - self._start)
-
-
 class KerasContender:
     """One Keras model under one precision policy and one `jit_compile` choice."""
 
@@ -194,7 +179,7 @@ class KerasContender:
         self.dataset = tf.data.Dataset.from_tensors(batch).repeat()
 
     def run(self, steps):
-        timer = _StepTimer()
+        timer = _common.step_timer()
         self.model.fit(
             self.dataset,
             steps_per_epoch=steps,

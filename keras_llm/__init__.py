@@ -2,7 +2,7 @@
 
 Public names: `ModelConfig`, `TrainConfig`, and the submodules `layers`, `models`, `data`,
 `callbacks`, `metrics`, `training`, `evaluation`, `export`, `plots`, `applications`,
-`hardware`.
+`hardware`, `presets` (published checkpoints by name: `from_preset`).
 """
 
 from keras_llm._env import configure_environment
@@ -23,7 +23,7 @@ def __getattr__(name):
 
     if name in {
         "data", "callbacks", "metrics", "training", "evaluation", "export", "plots", "applications",
-        "hardware",
+        "hardware", "presets",
     }:
         return importlib.import_module(f"keras_llm.{name}")
     raise AttributeError(f"module 'keras_llm' has no attribute {name!r}")

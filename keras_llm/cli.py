@@ -110,7 +110,12 @@ def _add_training_commands(sub):
 
     fine = sub.add_parser("finetune", help="fine-tune a classifier (pretrained or from scratch)")
     fine.add_argument("--dataset", default="rotten_tomatoes", help="classification data set")
-    fine.add_argument("--pretrained", help="pretraining run directory (omit: from scratch)")
+    fine.add_argument(
+        "--pretrained",
+        help="pretraining run directory, a published checkpoint (all-MiniLM-L6-v2: trains "
+        "with --train-preset checkpoint unless given) or a Hugging Face BERT folder "
+        "(omit: from scratch)",
+    )
     fine.add_argument("--epochs", type=int, help="fine-tuning epochs")
     fine.add_argument("--pooling", default="mean", choices=["mean", "last"])
     _add_common(fine, "runs/finetune")
@@ -254,9 +259,11 @@ def cmd_pretrain(args):
 
 
 def cmd_finetune(args):
-    from keras_llm import training
+    from keras_llm import presets, training
 
-    model, train = _configs(args, "small")
+    # A published checkpoint fine-tunes with BERT's recipe unless --train-preset says else.
+    published = args.pretrained is not None and presets.is_preset(args.pretrained)
+    model, train = _configs(args, "checkpoint" if published else "small")
     _check_dataset(args.dataset, "classification")
     result = training.finetune(
         train, data=args.dataset, run_dir=args.run_dir, pretrained=args.pretrained,

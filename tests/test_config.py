@@ -35,6 +35,9 @@ def test_field_names_are_the_contract():
         "vocabulary_size", "sequence_length", "hidden_dim", "num_heads", "num_layers",
         "intermediate_dim", "dropout", "activation", "initializer", "attention",
         "tie_embeddings",
+        # the GPT/BERT switches (issue 14), appended so positional use stays valid
+        "causal", "norm_position", "embedding_norm", "token_type_vocabulary_size",
+        "layer_norm_epsilon",
     ]
 
 

@@ -46,6 +46,10 @@ RESERVED_TOKENS = (PAD_TOKEN, UNK_TOKEN, START_TOKEN, END_TOKEN)
 SUFFIX_INDICATOR = "##"
 VOCABULARY_FILE = "vocabulary.txt"
 CONFIG_FILE = "tokenizer.json"
+SPECIAL_TOKEN_ROLES = ("pad", "unk", "start", "end", "mask")
+BERT_SPECIAL_TOKENS = {
+    "pad": "[PAD]", "unk": "[UNK]", "start": "[CLS]", "end": "[SEP]", "mask": "[MASK]"
+}
 
 # RE2 patterns, as in BERT (and keras-hub's WordPieceTokenizer).
 _WHITESPACE = r"\s|\p{Z}|\p{Cc}|\p{Cf}"
@@ -74,20 +78,23 @@ WHITESPACE_TOKENS = {
 _LAYOUT_PATTERN = rf" {{1,{MAX_SPACE_RUN}}}|\n|\t|\r"  # leftmost-first: space runs win
 _CODE_SPLIT_PATTERN = "|".join([_LAYOUT_PATTERN, _WHITESPACE, _PUNCTUATION, _CJK])
 _SINGLE_TOKENS = (("[NL]", "\n"), ("[TAB]", "\t"), ("[CR]", "\r"), ("[NUL]", "\x00"))
+_BERT_MAX_CHARS_PER_WORD = 100
 _KEEP_MAX_BYTES_PER_WORD = 1000  # "split" keeps BERT's 100; code has long names and literals
 
 
-def _split_words(texts, lowercase, whitespace="split"):
+def _split_words(texts, lowercase, whitespace="split", bert_normalization=False):
     """(batch,) tf.string -> (batch, None) ragged tf.string of words.
 
     With `whitespace="keep"` every character of the text is in some word: runs of spaces,
     newlines, tabs, carriage returns and NULs are words of their own (see
-    `_layout_to_tokens`).
+    `_layout_to_tokens`). With `bert_normalization`, see `_bert_normalize`.
     """
     texts = tf.strings.unicode_transcode(
         texts, "UTF-8", "UTF-8", errors="replace", replacement_char=0xFFFD
     )
-    if lowercase:
+    if bert_normalization:
+        texts = _bert_normalize(texts, lowercase)
+    elif lowercase:
         texts = tf_text.case_fold_utf8(texts)
         texts = tf_text.normalize_utf8(texts, "NFD")
         texts = tf.strings.regex_replace(texts, r"\p{Mn}", "")
@@ -97,6 +104,25 @@ def _split_words(texts, lowercase, whitespace="split"):
     # control character (a separator, step 3), so it becomes a space first.
     texts = tf.strings.regex_replace(texts, r"\x00", " ")
     return tf_text.regex_split(texts, _SPLIT_PATTERN, _KEEP_PATTERN)
+
+
+def _bert_normalize(texts, lowercase):
+    """Text as the Hugging Face `BertNormalizer` leaves it (the tokenizer published BERT
+    checkpoints were trained with): tab, newline and carriage return become spaces; every
+    other control, format, private-use or surrogate character (NUL, U+200B, U+200D, ...)
+    and U+FFFD is deleted, joining its neighbours, where keras_llm's own splitting would
+    split there; with `lowercase`, accents are stripped (NFD, marks removed) and then the
+    text is lowercased (Unicode lowercase, where keras_llm's own tokenizer case-folds with
+    NFKC, which also rewrites ligatures and full-width forms)."""
+    texts = tf.strings.regex_replace(texts, r"[\t\n\r]", " ")
+    texts = tf.strings.regex_replace(texts, r"\p{C}|\x{FFFD}", "")
+    if lowercase:
+        texts = tf_text.normalize_utf8(texts, "NFD")
+        texts = tf.strings.regex_replace(texts, r"\p{Mn}", "")
+        # Character by character, as BertNormalizer: no word-final sigma rule.
+        texts = tf.strings.regex_replace(texts, "\u03a3", "\u03c3")
+        texts = tf.strings.lower(texts, encoding="utf-8")
+    return texts
 
 
 def _split_code_words(texts):
@@ -185,7 +211,10 @@ def _check_sequence_length(sequence_length):
 class Tokenizer(keras.layers.Layer):
     """WordPiece tokenizer with reserved ids `[PAD]`=0, `[UNK]`=1, `[BOS]`=2, `[EOS]`=3.
 
-    Build one with `Tokenizer.train(texts, vocabulary_size)` or `Tokenizer.load(directory)`.
+    Build one with `Tokenizer.train(texts, vocabulary_size)` or `Tokenizer.load(directory)`,
+    or take a published checkpoint's with `Tokenizer.from_preset("all-MiniLM-L6-v2")` (its
+    own vocabulary and special tokens: `[PAD]`=0, `[UNK]`=100, `[CLS]`=101 starts and
+    `[SEP]`=102 ends every encoded text, `[MASK]`=103).
     Every method is made of TensorFlow ops: call them eagerly, inside `tf.data.Dataset.map`,
     inside a `tf.function`, or inside a model exported as a SavedModel.
 
@@ -199,6 +228,13 @@ class Tokenizer(keras.layers.Layer):
             back with single spaces between words). `"keep"`: spaces, newlines, tabs and
             indentation are tokens and text comes back exactly as it was (for code; use
             with `lowercase=False`). Defaults to `"split"`.
+        special_tokens: dict or None. For an external vocabulary: which tokens play the
+            roles `"pad"` (must be id 0, the padding id every model masks), `"unk"`,
+            `"start"`, `"end"` and optionally `"mask"`, e.g. `BERT_SPECIAL_TOKENS`. `None`:
+            keras_llm's own reserved tokens, the first four of the vocabulary.
+            Defaults to `None`.
+        bert_normalization: bool. Normalise text as BERT's own tokenizer does
+            (`_bert_normalize`), so ids equal a published checkpoint's. Defaults to `False`.
         **kwargs: Passed to `keras.layers.Layer` (e.g. `name`).
 
     Example:
@@ -212,21 +248,42 @@ class Tokenizer(keras.layers.Layer):
     ```
     """
 
-    pad_id, unk_id, start_id, end_id = 0, 1, 2, 3
+    pad_id, unk_id, start_id, end_id, mask_id = 0, 1, 2, 3, None
     pad_token, unk_token, start_token, end_token = RESERVED_TOKENS
+    mask_token = None
 
-    def __init__(self, vocabulary, lowercase=True, whitespace="split", **kwargs):
+    def __init__(
+        self,
+        vocabulary,
+        lowercase=True,
+        whitespace="split",
+        special_tokens=None,
+        bert_normalization=False,
+        **kwargs,
+    ):
         kwargs.setdefault("trainable", False)
         super().__init__(**kwargs)
         vocabulary = [str(token) for token in vocabulary]
-        if tuple(vocabulary[: len(RESERVED_TOKENS)]) != RESERVED_TOKENS:
+        self.special_tokens = None
+        self.bert_normalization = bool(bert_normalization)
+        if special_tokens is not None:
+            if whitespace != "split":
+                raise ValueError(
+                    "special_tokens (an external vocabulary) work with whitespace='split' only. "
+                    f"Received whitespace={whitespace!r}."
+                )
+            self._set_special_tokens(special_tokens, vocabulary)
+        elif tuple(vocabulary[: len(RESERVED_TOKENS)]) != RESERVED_TOKENS:
             raise ValueError(
                 f"The vocabulary must start with the reserved tokens {list(RESERVED_TOKENS)}. "
                 f"Received the first tokens {vocabulary[: len(RESERVED_TOKENS)]}; build the "
                 "vocabulary with `Tokenizer.train`."
             )
         if len(set(vocabulary)) != len(vocabulary):
-            raise ValueError("The vocabulary has duplicate tokens; each token must be unique.")
+            repeated = sorted(t for t, n in collections.Counter(vocabulary).items() if n > 1)
+            raise ValueError(
+                f"The vocabulary has duplicate tokens {repeated[:10]}; each token must be unique."
+            )
         self.whitespace = _check_whitespace(whitespace)
         keep = self.whitespace == "keep"
         if keep:
@@ -244,11 +301,14 @@ class Tokenizer(keras.layers.Layer):
         self.vocabulary_size = len(vocabulary)
         self._token_ids = {token: i for i, token in enumerate(vocabulary)}
         wordpiece_options = {"max_bytes_per_word": _KEEP_MAX_BYTES_PER_WORD} if keep else {}
+        if self.bert_normalization:
+            # BERT's limit counts characters (`_bert_long_words_unknown`), not bytes.
+            wordpiece_options = {"max_bytes_per_word": 4 * _BERT_MAX_CHARS_PER_WORD}
         self._wordpiece = tf_text.FastWordpieceTokenizer(
             vocab=vocabulary,
             suffix_indicator=SUFFIX_INDICATOR,
             token_out_type=tf.int32,
-            unknown_token=UNK_TOKEN,
+            unknown_token=self.unk_token,
             no_pretokenization=True,  # we split the words ourselves (`_split_words`)
             support_detokenization=True,
             **wordpiece_options,
@@ -258,6 +318,30 @@ class Tokenizer(keras.layers.Layer):
         if keep:
             self._surfaces = [_surface(token) for token in vocabulary]
         self.built = True  # no weights to create; keras.export.ExportArchive needs it built
+
+    def _set_special_tokens(self, special_tokens, vocabulary):
+        """Checks an external vocabulary's special tokens and sets the `*_id`/`*_token`s."""
+        if not isinstance(special_tokens, dict) or not set(SPECIAL_TOKEN_ROLES[:4]) <= set(
+            special_tokens
+        ) or not set(special_tokens) <= set(SPECIAL_TOKEN_ROLES):
+            raise ValueError(
+                f"special_tokens must be a dict with the keys {list(SPECIAL_TOKEN_ROLES[:4])} "
+                f"(and optionally 'mask'), e.g. {BERT_SPECIAL_TOKENS}. "
+                f"Received special_tokens={special_tokens!r}."
+            )
+        ids = {token: i for i, token in enumerate(vocabulary)}
+        absent = sorted(t for t in special_tokens.values() if t not in ids)
+        if absent:
+            raise ValueError(f"The special tokens {absent} are not in the vocabulary.")
+        if ids[special_tokens["pad"]] != 0:
+            raise ValueError(
+                f"The padding token {special_tokens['pad']!r} must have id 0 (models mask id "
+                f"0); it has id {ids[special_tokens['pad']]}."
+            )
+        self.special_tokens = dict(special_tokens)
+        for role, token in special_tokens.items():
+            setattr(self, f"{role}_token", token)
+            setattr(self, f"{role}_id", ids[token])
 
     # -- building --------------------------------------------------------------------------
 
@@ -311,9 +395,13 @@ class Tokenizer(keras.layers.Layer):
         with open(os.path.join(directory, VOCABULARY_FILE), "w", encoding="utf-8") as f:
             f.write("".join(token + "\n" for token in self.vocabulary))
         config = {"lowercase": self.lowercase, "vocabulary_size": self.vocabulary_size}
+        # Written only when not the default: keras_llm's own tokenizers save as before.
         if self.whitespace != "split":
-            # Written only when not the default: "split" tokenizers save as before.
             config["whitespace"] = self.whitespace
+        if self.special_tokens is not None:
+            config["special_tokens"] = self.special_tokens
+        if self.bert_normalization:
+            config["bert_normalization"] = True
         write_json(os.path.join(directory, CONFIG_FILE), config)
 
     @classmethod
@@ -337,6 +425,35 @@ class Tokenizer(keras.layers.Layer):
             vocabulary,
             lowercase=config.get("lowercase", True),
             whitespace=config.get("whitespace", "split"),
+            special_tokens=config.get("special_tokens"),
+            bert_normalization=config.get("bert_normalization", False),
+        )
+
+    @classmethod
+    def from_preset(cls, preset):
+        """The tokenizer of a published checkpoint: a registered name such as
+        `"all-MiniLM-L6-v2"` (see `keras_llm.presets.PRESETS`) or a Hugging Face BERT-layout
+        folder. Reads its `vocab.txt` and `tokenizer_config.json` (`do_lower_case`), with
+        BERT's special tokens and text normalisation, so ids equal the checkpoint's own
+        tokenizer's."""
+        from keras_llm import presets
+
+        directory = presets.preset_directory(preset)
+        presets.read_config(directory)  # refuses an unsupported model_type
+        vocabulary_path = os.path.join(directory, presets.VOCABULARY_FILE)
+        if not os.path.isfile(vocabulary_path):
+            raise FileNotFoundError(f"{directory!r} has no {presets.VOCABULARY_FILE}.")
+        with open(vocabulary_path, encoding="utf-8") as f:
+            vocabulary = [line.rstrip("\r\n") for line in f]
+        while vocabulary and vocabulary[-1] == "":
+            vocabulary.pop()
+        config_path = os.path.join(directory, "tokenizer_config.json")
+        config = read_json(config_path) if os.path.isfile(config_path) else {}
+        return cls(
+            vocabulary,
+            lowercase=config.get("do_lower_case", True),
+            special_tokens=BERT_SPECIAL_TOKENS,
+            bert_normalization=True,
         )
 
     def get_config(self):
@@ -348,6 +465,10 @@ class Tokenizer(keras.layers.Layer):
                 "whitespace": self.whitespace,
             }
         )
+        if self.special_tokens is not None:
+            config.update(
+                special_tokens=self.special_tokens, bert_normalization=self.bert_normalization
+            )
         return config
 
     # -- ids ---------------------------------------------------------------------------------
@@ -377,15 +498,26 @@ class Tokenizer(keras.layers.Layer):
                 f"tokenize expects a scalar or a rank-1 string tensor. Received shape "
                 f"{texts.shape}; reshape your batch to (batch,)."
             )
-        words = _split_words(tf.reshape(texts, [-1]), self.lowercase, self.whitespace)
+        words = _split_words(
+            tf.reshape(texts, [-1]), self.lowercase, self.whitespace, self.bert_normalization
+        )
         if self.whitespace == "keep":
             words = words.with_flat_values(_layout_to_tokens(words.flat_values)[0])
+        if self.bert_normalization:
+            words = words.with_flat_values(self._bert_long_words_unknown(words.flat_values))
         ids = self._wordpiece.tokenize(words)
         ids = ids.merge_dims(-2, -1)  # (batch, words, pieces) -> (batch, pieces)
         return ids[0] if rank == 0 else ids
 
+    def _bert_long_words_unknown(self, words):
+        """A word of over 100 characters becomes the unknown token, as in BERT's WordPiece
+        (`max_input_chars_per_word`); tensorflow-text's limit counts bytes."""
+        long = tf.strings.length(words, unit="UTF8_CHAR") > _BERT_MAX_CHARS_PER_WORD
+        return tf.where(long, self.unk_token, words)
+
     def detokenize(self, ids):
-        """Ids -> text, dropping `[PAD]`, `[BOS]`, `[EOS]` and out-of-range ids.
+        """Ids -> text, dropping `[PAD]`, `[BOS]`, `[EOS]` (or the special tokens playing
+        those roles) and out-of-range ids.
 
         `[UNK]` stays visible as the string "[UNK]". With `whitespace="split"` pieces are
         joined into words and words are joined with single spaces (so punctuation comes
@@ -427,8 +559,9 @@ class Tokenizer(keras.layers.Layer):
         return texts[0] if rank == 1 else texts
 
     def encode(self, texts, sequence_length):
-        """Text -> fixed-length ids: `[BOS] + tokens + [EOS]`, cut to `sequence_length`
-        (keeping `[BOS]`; a cut text loses its `[EOS]`), right-padded with `[PAD]` (0).
+        """Text -> fixed-length ids: `[BOS] + tokens + [EOS]` (BERT: `[CLS] + tokens +
+        [SEP]`), cut to `sequence_length` (keeping the start token; a cut text loses its end
+        token), right-padded with `[PAD]` (0).
 
         This is the one function classifier training, evaluation and SavedModel serving all
         use, so they tokenize identically. It is `pack(tokenize(texts), sequence_length)`.
@@ -449,10 +582,15 @@ class Tokenizer(keras.layers.Layer):
 
     def pack(self, ids, sequence_length):
         """Ragged token ids `(batch, None)` -> `[BOS] + ids + [EOS]`, cut to
-        `sequence_length` (keeping `[BOS]`), right-padded with 0: int32
+        `sequence_length` (keeping `[BOS]`; with `special_tokens`, keeping both markers and
+        cutting the text, as BERT's tokenizer does), right-padded with 0: int32
         `(batch, sequence_length)`. The second half of `encode`, for ids changed in between
         (e.g. by augmentation)."""
         sequence_length = _check_sequence_length(sequence_length)
+        if self.special_tokens is not None and sequence_length >= 2:
+            # An external vocabulary's model always saw its end token (`[SEP]`): cut the
+            # text, not the marker, as the checkpoint's own tokenizer truncates.
+            ids = ids[:, : sequence_length - 2]
         ids = tf.cast(self.add_markers(ids), tf.int32)[:, :sequence_length]
         return ids.to_tensor(default_value=self.pad_id, shape=[None, sequence_length])
 

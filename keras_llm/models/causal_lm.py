@@ -33,9 +33,16 @@ class CausalLM(keras.Model):
                 "CausalLM needs a keras_llm.models.TransformerBackbone. "
                 f"Received backbone={backbone!r}."
             )
+        config = backbone.model_config
+        if not config.causal or config.norm_position != "pre" or config.embedding_norm:
+            raise ValueError(
+                "CausalLM needs a GPT-style backbone (causal=True, norm_position='pre', "
+                f"embedding_norm=False). Received causal={config.causal}, norm_position="
+                f"{config.norm_position!r}, embedding_norm={config.embedding_norm}: a "
+                "BERT-style encoder is for Classifier."
+            )
         # === Layers ===
         self.backbone = backbone
-        config = backbone.model_config
         if not config.tie_embeddings:
             self.lm_head = keras.layers.Dense(
                 config.vocabulary_size,

@@ -94,6 +94,34 @@ class Classifier(keras.Model):
 
     tokenizer = AttachedTokenizer()
 
+    @classmethod
+    def from_preset(cls, preset, num_classes, pooling="mean", dropout=0.1, dtype=None,
+                    **kwargs):
+        """A classifier on a published checkpoint's backbone, with its tokenizer attached
+        (`model.tokenizer`); the head starts untrained.
+
+        Args:
+            preset: str. Registered name (e.g. `"all-MiniLM-L6-v2"`) or Hugging Face
+                BERT-layout folder; see `TransformerBackbone.from_preset`.
+            num_classes: int. At least 2.
+            pooling: str. `"mean"` (default; what sentence-transformers trained this family
+                for) or `"last"`.
+            dropout: float. Before the head. Defaults to `0.1`, BERT's fine-tuning dropout.
+            dtype: Keras dtype policy.
+
+        Example:
+        >>> model = Classifier.from_preset("all-MiniLM-L6-v2", num_classes=2)
+        >>> ids = model.tokenizer.encode(tf.constant(["a fine film"]), 64)
+        >>> model.predict(ids).shape
+        (1, 2)
+        """
+        from keras_llm.data.tokenizer import Tokenizer  # the one piece models and data share
+
+        backbone = TransformerBackbone.from_preset(preset, dtype=dtype)
+        model = cls(backbone, num_classes, pooling=pooling, dropout=dropout, **kwargs)
+        model.tokenizer = Tokenizer.from_preset(preset)
+        return model
+
     def get_config(self):
         return {
             "backbone": keras.saving.serialize_keras_object(self.backbone),
