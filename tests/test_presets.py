@@ -330,6 +330,27 @@ def test_cli_unknown_pretrained_lists_the_presets(tmp_path, capsys):
     assert "'all-MiniLM-L6-v2'" in capsys.readouterr().err
 
 
+def test_cli_trains_a_checkpoint_with_the_checkpoint_preset(tiny_bert, tmp_path, monkeypatch):
+    from keras_llm import cli
+
+    seen = []
+
+    def fake_finetune(train_config, **kwargs):
+        seen.append((train_config, kwargs["pretrained"], kwargs["model_config"]))
+        return training.RunResult(str(tmp_path), None, None, {}, {}, 0.0)
+
+    monkeypatch.setattr(training, "finetune", fake_finetune)
+    run_dir = str(tmp_path / "run")
+    cli.main(["finetune", "--pretrained", tiny_bert[0], "--run-dir", run_dir])
+    cli.main(["finetune", "--pretrained", tiny_bert[0], "--train-preset", "quick",
+              "--run-dir", run_dir])
+    cli.main(["finetune", "--run-dir", run_dir])  # from scratch: the small preset, as before
+    (checkpoint, path, model), (quick, _, _), (scratch, _, scratch_model) = seen
+    assert checkpoint == keras_llm.TrainConfig.preset("checkpoint") and path == tiny_bert[0]
+    assert model is None and quick == keras_llm.TrainConfig.preset("quick")
+    assert scratch == keras_llm.TrainConfig.preset("small") and scratch_model is not None
+
+
 def test_truncated_weights_file_is_named(tiny_bert, tmp_path):
     directory = str(tmp_path / "cut")
     shutil.copytree(tiny_bert[0], directory)
