@@ -89,7 +89,7 @@ def build_parser():
     parser.add_argument("--version", action="version", version=keras_llm.__version__)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for add in (_add_training_commands, _add_evaluate_and_export, _add_studies,
-                _add_generation_commands, _add_digits):
+                _add_generation_commands, _add_digits, _add_launch):
         add(sub)
     return parser
 
@@ -221,6 +221,21 @@ def _add_digits(sub):
                            help="'2x2' (16 tokens, default), 'rows' (8 tokens), 'HxW' or an int")
         digit.add_argument("--quick", action="store_true", help="a small model, 3 epochs")
         digit.add_argument("--export", action="store_true", help="also write RUN_DIR/export")
+
+
+def _add_launch(sub):
+    launch = sub.add_parser(
+        "launch",
+        help="run a training command on N local workers (MultiWorkerMirroredStrategy)",
+        description="Starts COMMAND on N local workers with TF_CONFIG set (free 127.0.0.1 "
+        "ports); keras-llm pretrain/finetune get --strategy multi_worker. The chief's output "
+        "is shown; a failing worker stops all. Example: keras-llm launch --workers 2 -- "
+        "keras-llm pretrain --run-dir runs/pretrain",
+    )
+    launch.add_argument("--workers", type=int, default=2, help="number of workers (default: 2)")
+    launch.add_argument("--log-dir", help="non-chief workers' logs (default: a temporary dir)")
+    launch.add_argument("worker_command", nargs=argparse.REMAINDER, metavar="-- COMMAND",
+                        help="the command every worker runs")
 
 
 def _print_table(rows, headers):
@@ -555,6 +570,19 @@ def cmd_digits(args):
     return 0
 
 
+def cmd_launch(args):
+    from keras_llm import launch
+
+    command = args.worker_command[1:] if args.worker_command[:1] == ["--"] else args.worker_command
+    if args.workers < 1:
+        raise UsageError(f"--workers must be >= 1. Received --workers {args.workers}.")
+    try:
+        command = launch.with_strategy(command)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    return launch.launch(command, args.workers, log_dir=args.log_dir)
+
+
 COMMANDS = {
     "quickstart": cmd_quickstart,
     "pretrain": cmd_pretrain,
@@ -566,6 +594,7 @@ COMMANDS = {
     "digits": cmd_digits,
     "dialogue": cmd_dialogue,
     "chat": cmd_chat,
+    "launch": cmd_launch,
 }
 
 

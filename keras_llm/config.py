@@ -369,6 +369,14 @@ class TrainConfig(_PresetMixin):
         _check_choice(owner, "decay", self.decay, DECAYS)
         _check_choice(owner, "precision", self.precision, PRECISIONS)
         _check_choice(owner, "strategy", self.strategy, STRATEGIES)
+        if self.strategy == "multi_worker" and (self.jit_compile or self.steps_per_execution > 1):
+            raise ValueError(
+                "TrainConfig.strategy='multi_worker' needs jit_compile=False and "
+                "steps_per_execution=1 (Keras 3.15 fails on several steps per execution across "
+                "workers; XLA has no CPU collectives). Received "
+                f"jit_compile={self.jit_compile!r}, "
+                f"steps_per_execution={self.steps_per_execution!r}."
+            )
 
 
 TrainConfig.PRESETS = {

@@ -42,6 +42,7 @@ from keras_llm import callbacks as llm_callbacks
 from keras_llm import hardware, plots
 from keras_llm._io import read_json, write_json
 from keras_llm.config import TrainConfig
+from keras_llm.models.distribute import barrier, check_keras_model, multi_worker_mode
 from keras_llm.optimizers import adamw
 
 MODEL_CONFIG = "model_config.json"
@@ -53,6 +54,7 @@ HISTORY = "history.csv"
 STEPS = "steps.csv"
 BACKUP = "backup"
 LOGS = "logs"
+WORKERS = "workers"
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -89,10 +91,14 @@ def precision_policy(precision):
         keras.mixed_precision.set_global_policy(previous)
 
 
+_MULTI_WORKER_STRATEGY = {}
+
+
 def get_strategy(name="default"):
     """Returns the `tf.distribute` strategy for `"default"`, `"mirrored"`, `"multi_worker"`.
 
-    `"multi_worker"` reads the cluster from the `TF_CONFIG` environment variable.
+    `"multi_worker"` reads the cluster from the `TF_CONFIG` environment variable; it must be
+    asked for before TensorFlow runs any operation, and the same one is returned after.
     """
     if name == "default":
         return tf.distribute.get_strategy()
@@ -106,24 +112,47 @@ def get_strategy(name="default"):
         if "TF_CONFIG" not in os.environ:
             raise ValueError(
                 "strategy='multi_worker' needs the TF_CONFIG environment variable describing "
-                "the cluster (see tf.distribute.MultiWorkerMirroredStrategy)."
+                "the cluster (see tf.distribute.MultiWorkerMirroredStrategy; keras-llm "
+                "launch sets it)."
             )
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        # One per process: its collectives are configured once, before any TensorFlow op.
+        if _MULTI_WORKER_STRATEGY.get("strategy") is None:
+            _MULTI_WORKER_STRATEGY["strategy"] = tf.distribute.MultiWorkerMirroredStrategy()
+        return _MULTI_WORKER_STRATEGY["strategy"]
     raise ValueError(
         "strategy must be one of ['default', 'mirrored', 'multi_worker']. "
         f"Received strategy={name!r}."
     )
 
 
-def is_chief():
-    """False only on a non-chief worker of a `TF_CONFIG` cluster (it writes no artifacts)."""
+def _task():
+    """This process's `(type, index)` in the `TF_CONFIG` cluster, or None outside one."""
     config = json.loads(os.environ.get("TF_CONFIG") or "{}")
     task = config.get("task") or {}
     if "type" not in task:
-        return True
-    if "chief" in config.get("cluster", {}):
-        return task["type"] == "chief"
-    return task["type"] == "worker" and task.get("index", 0) == 0
+        return None
+    chief = ("chief", 0) if "chief" in config.get("cluster", {}) else ("worker", 0)
+    return (task["type"], int(task.get("index", 0))), chief
+
+
+def is_chief():
+    """False only on a non-chief worker of a `TF_CONFIG` cluster (it writes no artifacts)."""
+    task = _task()
+    return task is None or task[0] == task[1]
+
+
+def worker_directory(run_dir):
+    """Where this process writes a run: `run_dir` itself on the chief (and outside a cluster);
+    `run_dir/workers/<type>-<index>` on every other worker of a `TF_CONFIG` cluster.
+
+    Every worker trains the same model and must keep its own checkpoints and backup (to pick
+    the best epoch and to resume after a crash) even when the workers share a file system, as
+    the workers of `keras-llm launch` do; only the chief's files are the run's.
+    """
+    if is_chief():
+        return run_dir
+    (kind, index), _ = _task()
+    return os.path.join(run_dir, WORKERS, f"{kind}-{index}")
 
 
 def shard_by_data(dataset):
@@ -185,14 +214,16 @@ class TrainingRun:
 
     Creating it picks the `tf.distribute` strategy first (a multi-worker strategy must
     exist before TensorFlow runs any operation), creates `run_dir` and seeds Python, NumPy
-    and TensorFlow with `train_config.seed`.
+    and TensorFlow with `train_config.seed`. On a worker other than the chief of a
+    multi-worker cluster, `run_dir` becomes that worker's own `run_dir/workers/worker-<i>`
+    (`worker_directory`): its checkpoints and backup, never the chief's files.
     """
 
     def __init__(self, run_dir, train_config, *, verbose="auto"):
         self.started = time.perf_counter()
         self.train_config = TrainConfig.coerce(train_config, "train_config")
         self.strategy = get_strategy(self.train_config.strategy)
-        self.run_dir = os.fspath(run_dir)
+        self.run_dir = worker_directory(os.fspath(run_dir))
         self.verbose = verbose
         os.makedirs(self.run_dir, exist_ok=True)
         keras.utils.set_random_seed(self.train_config.seed)
@@ -238,6 +269,8 @@ class TrainingRun:
         run continues the schedule where the first left it.
         """
         config = self.train_config
+        if multi_worker_mode(self.strategy):
+            check_keras_model(model)
         with self.strategy.scope():
             model.compile(
                 optimizer=adamw(model, learning_rate, config.weight_decay),
@@ -321,12 +354,16 @@ class TrainingRun:
         return {f"{prefix}{k}": float(v) for k, v in metrics.items()}
 
     def finish(self, model, metrics, history=None, tokenizer=None):
-        """Plots the step curves, writes `metrics.json` (with `seconds`); a `RunResult`."""
+        """Plots the step curves, writes `metrics.json` (with `seconds`); a `RunResult`.
+
+        On several workers it returns when all have finished: the chief's files (saved by the
+        recipe before this call) are then complete for whatever runs next."""
         if is_chief() and self.step_logger is not None:
             plots.plot_training_curves(self.step_logger.steps, self.run_dir)
         seconds = time.perf_counter() - self.started
         metrics["seconds"] = seconds
         write_json(self.path(METRICS), metrics)
+        barrier(self.strategy)  # every worker returns after the chief's files are written
         if tokenizer is not None:
             model.tokenizer = tokenizer
         if isinstance(history, keras.callbacks.History):

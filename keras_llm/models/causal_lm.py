@@ -5,11 +5,12 @@ import keras
 from keras_llm.models import generation
 from keras_llm.models.attached import AttachedTokenizer
 from keras_llm.models.backbone import TransformerBackbone, with_backbone_deserialized
+from keras_llm.models.distribute import MultiWorkerFix
 from keras_llm.models.losses import TokenCrossEntropy
 
 
 @keras.saving.register_keras_serializable(package="keras_llm")
-class CausalLM(keras.Model):
+class CausalLM(MultiWorkerFix, keras.Model):
     """Next-token logits `(batch, seq, vocabulary_size)` from a `TransformerBackbone`.
 
     The head is the transposed token embedding when the backbone's config has

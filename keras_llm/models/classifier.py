@@ -5,6 +5,7 @@ from keras import ops
 
 from keras_llm.models.attached import AttachedTokenizer
 from keras_llm.models.backbone import TransformerBackbone, with_backbone_deserialized
+from keras_llm.models.distribute import MultiWorkerFix
 
 POOLINGS = ("mean", "last")
 
@@ -58,7 +59,7 @@ def check_num_classes(num_classes):
 
 
 @keras.saving.register_keras_serializable(package="keras_llm")
-class Classifier(keras.Model):
+class Classifier(MultiWorkerFix, keras.Model):
     """Class logits `(batch, num_classes)` from a `TransformerBackbone`.
 
     Args:

@@ -20,6 +20,7 @@ from keras import ops
 from keras_llm.layers import PatchEmbedding, TokenAndPositionEmbedding, TransformerBlock
 from keras_llm.models.backbone import with_backbone_deserialized
 from keras_llm.models.classifier import SequencePooling, check_num_classes
+from keras_llm.models.distribute import MultiWorkerFix
 from keras_llm.models.losses import TokenCrossEntropy
 
 START_ID = 2  # the Tokenizer contract's `[BOS]`
@@ -154,7 +155,7 @@ class ImageBackbone(keras.Model):
 
 
 @keras.saving.register_keras_serializable(package="keras_llm")
-class ImageClassifier(keras.Model):
+class ImageClassifier(MultiWorkerFix, keras.Model):
     """Class logits `(batch, num_classes)` from an `ImageBackbone`.
 
     The patch states are mean-pooled (`SequencePooling`, as the text `Classifier` does) and a
@@ -206,7 +207,7 @@ class ImageClassifier(keras.Model):
 
 
 @keras.saving.register_keras_serializable(package="keras_llm")
-class ImageCaptioner(keras.Model):
+class ImageCaptioner(MultiWorkerFix, keras.Model):
     """Next-token logits for text that follows an image: an image-to-text causal LM.
 
     The sequence the blocks see is `[patch_1 .. patch_P, text_1 .. text_T]`: the image's
