@@ -163,3 +163,16 @@ def test_finetune_checkpoint_quick_run(tmp_path, capsys):
     assert json.loads(path.read_text())["precision"] == "float32"
     assert "keras_llm speed-up" in printed
     assert keras.mixed_precision.global_policy().name == "float32"
+
+
+@pytest.mark.slow
+def test_multi_worker_quick_run(tmp_path, capsys):
+    multi_worker = _load("multi_worker")
+
+    results = multi_worker.main(["--quick", "--json", str(tmp_path / "r.json")])
+    contenders = results["contenders"]
+    assert list(contenders) == ["one process", "mirrored x2", "2 workers"]
+    assert contenders["one process"]["ratio_to_one_process"] == 1.0
+    assert all(len(c["steps"]) == 4 and min(c["steps"]) > 0 for c in contenders.values())
+    assert json.load(open(tmp_path / "r.json"))["allreduce_bytes_per_step"] > 0
+    assert "2 workers" in capsys.readouterr().out
