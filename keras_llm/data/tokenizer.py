@@ -43,6 +43,7 @@ from keras_llm._io import read_json, write_json
 
 PAD_TOKEN, UNK_TOKEN, START_TOKEN, END_TOKEN = "[PAD]", "[UNK]", "[BOS]", "[EOS]"
 RESERVED_TOKENS = (PAD_TOKEN, UNK_TOKEN, START_TOKEN, END_TOKEN)
+MASK_TOKEN = "[MASK]"  # id 4 of a vocabulary trained with `mask_token=True` (masked LM)
 SUFFIX_INDICATOR = "##"
 VOCABULARY_FILE = "vocabulary.txt"
 CONFIG_FILE = "tokenizer.json"
@@ -296,6 +297,8 @@ class Tokenizer(keras.layers.Layer):
                     f"{len(RESERVED_TOKENS) + len(layout) - 1}). Received {found}; train the "
                     "vocabulary with `Tokenizer.train(..., whitespace='keep')`."
                 )
+        if special_tokens is None and vocabulary[len(RESERVED_TOKENS):][:1] == [MASK_TOKEN]:
+            self.mask_id, self.mask_token = len(RESERVED_TOKENS), MASK_TOKEN
         self.vocabulary = vocabulary
         self.lowercase = bool(lowercase)
         self.vocabulary_size = len(vocabulary)
@@ -346,7 +349,8 @@ class Tokenizer(keras.layers.Layer):
     # -- building --------------------------------------------------------------------------
 
     @classmethod
-    def train(cls, dataset, vocabulary_size, lowercase=True, batch_size=256, whitespace="split"):
+    def train(cls, dataset, vocabulary_size, lowercase=True, batch_size=256, whitespace="split",
+              mask_token=False):
         """Learns a WordPiece vocabulary from text and returns a tokenizer.
 
         The words (see the module docstring) are counted with TensorFlow and the vocabulary
@@ -371,6 +375,9 @@ class Tokenizer(keras.layers.Layer):
             batch_size: int. Documents split per step while counting words.
             whitespace: str. `"split"` or `"keep"` (layout as tokens, for code; see the
                 class). Defaults to `"split"`.
+            mask_token: bool. Reserve `[MASK]` as id 4 (`mask_id`), for masked-LM
+                pretraining; text never tokenizes to it (`[` and `]` split words). Only with
+                `whitespace="split"`. Defaults to `False`.
 
         Returns:
             A `Tokenizer`.
@@ -384,8 +391,14 @@ class Tokenizer(keras.layers.Layer):
                 f"vocabulary_size must exceed the {len(RESERVED_TOKENS)} reserved tokens. "
                 f"Received vocabulary_size={vocabulary_size}."
             )
+        if mask_token and whitespace != "split":
+            raise ValueError(
+                "mask_token=True (a masked-LM vocabulary) works with whitespace='split' only. "
+                f"Received whitespace={whitespace!r}."
+            )
         counts = _word_counts(dataset, lowercase, whitespace, batch_size)
         layout = list(WHITESPACE_TOKENS) if whitespace == "keep" else []
+        layout += [MASK_TOKEN] if mask_token else []
         vocabulary = _learn_vocabulary(counts, vocabulary_size, layout, whitespace, batch_size)
         return cls(vocabulary[:vocabulary_size], lowercase=lowercase, whitespace=whitespace)
 
