@@ -165,3 +165,15 @@ def test_mlm_pretraining_from_the_cli_then_fine_tuning(data_dir, tmp_path, capsy
     assert fine.model.backbone.model_config.causal is False
     assert json.load(open(tmp_path / "fine" / "run.json"))["pretrained"] == os.path.abspath(
         run_dir / "backbone.keras")
+
+
+def test_a_resumed_run_sees_the_masks_an_uninterrupted_one_saw():
+    """`pretrain` resumes by skipping the batches already trained on; the masks go with the
+    batch's index, so batch k after `skip(k)` is batch k of the uninterrupted stream."""
+    tokenizer = data.Tokenizer.train(TEXTS, 120, mask_token=True)
+    straight = list(data.mlm_dataset(TEXTS, tokenizer, 16, 4, seed=5, repeat=True).take(5))
+    resumed = list(data.mlm_dataset(TEXTS, tokenizer, 16, 4, seed=5, repeat=True)
+                   .skip(3).take(2))
+    for first, second in zip(straight[3:], resumed):
+        for a, b in zip(first, second):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
