@@ -3,14 +3,12 @@
 import keras
 
 from keras_llm.models import generation
-from keras_llm.models.attached import AttachedTokenizer
-from keras_llm.models.backbone import TransformerBackbone, with_backbone_deserialized
-from keras_llm.models.distribute import MultiWorkerFix
-from keras_llm.models.losses import TokenCrossEntropy
+from keras_llm.models.backbone import TransformerBackbone
+from keras_llm.models.language_model import LanguageModel
 
 
 @keras.saving.register_keras_serializable(package="keras_llm")
-class CausalLM(MultiWorkerFix, keras.Model):
+class CausalLM(LanguageModel):
     """Next-token logits `(batch, seq, vocabulary_size)` from a `TransformerBackbone`.
 
     The head is the transposed token embedding when the backbone's config has
@@ -60,28 +58,6 @@ class CausalLM(MultiWorkerFix, keras.Model):
         else:
             logits = self.lm_head(hidden)
         super().__init__(inputs=token_ids, outputs=logits, **kwargs)
-
-    tokenizer = AttachedTokenizer()
-
-    def compile(self, optimizer="adam", loss=None, metrics=None, **kwargs):
-        """`keras.Model.compile` with the padding-ignoring token cross-entropy as default.
-
-        When the whole step is compiled with XLA (`jit_compile=True`), the default loss is
-        not compiled again as its own XLA island (see `token_cross_entropy`).
-        """
-        if loss is None:
-            loss = TokenCrossEntropy()
-        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
-        if isinstance(loss, TokenCrossEntropy) and self.jit_compile:
-            loss.fused = False
-
-    def compile_from_config(self, config):
-        # Keras skips restoring the compile state of a model whose compile() is overridden;
-        # ours only adds a default, so restoring it is safe.
-        config = keras.saving.deserialize_keras_object(config)
-        self.compile(**config)
-        if self.built and getattr(self, "optimizer", None) is not None:
-            self.optimizer.build(self.trainable_variables)
 
     def generate(
         self,
@@ -140,14 +116,3 @@ class CausalLM(MultiWorkerFix, keras.Model):
             seed=seed,
             stop_at_end=stop_at_end,
         )
-
-    def get_config(self):
-        return {
-            "backbone": keras.saving.serialize_keras_object(self.backbone),
-            "name": self.name,
-            "trainable": self.trainable,
-        }
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**with_backbone_deserialized(config))

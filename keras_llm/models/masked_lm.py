@@ -2,14 +2,12 @@
 
 import keras
 
-from keras_llm.models.attached import AttachedTokenizer
-from keras_llm.models.backbone import TransformerBackbone, with_backbone_deserialized
-from keras_llm.models.distribute import MultiWorkerFix
-from keras_llm.models.losses import TokenCrossEntropy
+from keras_llm.models.backbone import TransformerBackbone
+from keras_llm.models.language_model import LanguageModel
 
 
 @keras.saving.register_keras_serializable(package="keras_llm")
-class MaskedLM(MultiWorkerFix, keras.Model):
+class MaskedLM(LanguageModel):
     """Token logits `(batch, seq, vocabulary_size)` at every position of an encoder.
 
     BERT's head: `Dense(hidden_dim, activation)` -> `LayerNormalization` -> the transposed
@@ -64,30 +62,3 @@ class MaskedLM(MultiWorkerFix, keras.Model):
         else:
             logits = self.lm_head(hidden)
         super().__init__(inputs=token_ids, outputs=logits, **kwargs)
-
-    tokenizer = AttachedTokenizer()
-
-    def compile(self, optimizer="adam", loss=None, metrics=None, **kwargs):
-        """`keras.Model.compile` with the label-0-ignoring token cross-entropy as default."""
-        if loss is None:
-            loss = TokenCrossEntropy()
-        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
-        if isinstance(loss, TokenCrossEntropy) and self.jit_compile:
-            loss.fused = False
-
-    def compile_from_config(self, config):
-        config = keras.saving.deserialize_keras_object(config)
-        self.compile(**config)
-        if self.built and getattr(self, "optimizer", None) is not None:
-            self.optimizer.build(self.trainable_variables)
-
-    def get_config(self):
-        return {
-            "backbone": keras.saving.serialize_keras_object(self.backbone),
-            "name": self.name,
-            "trainable": self.trainable,
-        }
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**with_backbone_deserialized(config))
