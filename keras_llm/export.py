@@ -674,22 +674,25 @@ def export_all(
             f"{RUN_CLASSIFIER} (fine-tuning) or {RUN_CAUSAL_LM} (pretraining). Train one with "
             "`keras-llm finetune` first."
         )
-    os.makedirs(output_dir, exist_ok=True)
+    # Everything is read (and a bad split refused) before anything is written.
     tokenizer = llm_data.Tokenizer.load(tokenizer_dir)
+    if has_classifier:
+        model, label_names, sequence_length = _load_classifier_run(run_dir, classifier_path)
+        if data is None and os.path.isfile(os.path.join(run_dir, RUN_METADATA)):
+            data = read_json(os.path.join(run_dir, RUN_METADATA)).get("dataset")
+        if data is not None:
+            texts, labels = llm_data.load_texts_and_labels(data, split, data_dir)
+    os.makedirs(output_dir, exist_ok=True)
     tokenizer.save(os.path.join(output_dir, TOKENIZER_DIR))
     artifacts = {}
     report = {"run_dir": run_dir, "output_dir": output_dir}
 
     if has_classifier:
-        model, label_names, sequence_length = _load_classifier_run(run_dir, classifier_path)
         report.update(label_names=label_names, sequence_length=sequence_length)
         artifacts.update(_export_classifier_files(
             model, tokenizer, output_dir, label_names, sequence_length, quantize, tflite
         ))
-        if data is None and os.path.isfile(os.path.join(run_dir, RUN_METADATA)):
-            data = read_json(os.path.join(run_dir, RUN_METADATA)).get("dataset")
         if data is not None:
-            texts, labels = llm_data.load_texts_and_labels(data, split, data_dir)
             report["evaluation"] = {
                 "data": data,
                 "split": split,

@@ -411,3 +411,11 @@ def test_export_arguments_are_checked(run, tokenizer, tmp_path):
         export.export_generator(run["causal_lm"], tokenizer, tmp_path / "g", 32)
     with pytest.raises(FileNotFoundError, match="not a keras_llm run directory"):
         export.export_all(tmp_path)
+
+
+def test_a_bad_split_is_refused_before_anything_is_written(run, reviews, tmp_path):
+    output = tmp_path / "export"
+    with pytest.raises(llm_data.UnknownSplitError, match="rotten_tomatoes has no split 'nope'"):
+        export.export_all(os.path.dirname(run["dir"]), output_dir=str(output),
+                          data="rotten_tomatoes", split="nope", data_dir=reviews["data_dir"])
+    assert not output.exists()
