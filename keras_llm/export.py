@@ -54,7 +54,6 @@ the TFLite model takes the token ids that `Tokenizer.encode(texts, sequence_leng
 import contextlib
 import gc
 import os
-import shutil
 import tempfile
 import warnings
 
@@ -62,7 +61,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_llm._io import read_json, write_json
+from keras_llm._io import atomic_directory, read_json, write_bytes, write_json
 from keras_llm.config import TrainConfig
 from keras_llm.models import generation
 
@@ -153,7 +152,9 @@ def _check_tokenizer(tokenizer):
             )
 
 
-def _prepare_path(path, overwrite):
+def _check_path(path, overwrite):
+    """The SavedModel directory to write: new, empty, or (with `overwrite`) a SavedModel,
+    which stays in place, whole, until the new one is complete (`_io.atomic_directory`)."""
     path = os.fspath(path)
     if os.path.exists(path):
         is_saved_model = os.path.isfile(os.path.join(path, "saved_model.pb"))
@@ -166,8 +167,15 @@ def _prepare_path(path, overwrite):
                 f"{path!r} exists and is not a SavedModel directory; refusing to delete it. "
                 "Choose an empty or new path."
             )
-        shutil.rmtree(path)
     return path
+
+
+def _write_saved_model(archive, path, metadata):
+    """Writes `archive` and its metadata into a temporary sibling of `path`, then renames it
+    into place: a crash or an error meanwhile leaves the previous export at `path` whole."""
+    with atomic_directory(path) as partial:
+        archive.write_out(partial, verbose=False)
+        _write_metadata(partial, metadata)
 
 
 def _write_metadata(path, metadata):
@@ -254,7 +262,7 @@ def export_classifier(model, tokenizer, path, label_names, sequence_length=None,
     num_classes = _num_classes(model)
     label_names = _check_label_names(label_names, num_classes)
     sequence_length = _resolve_sequence_length(model, sequence_length)
-    path = _prepare_path(path, overwrite)
+    path = _check_path(path, overwrite)
 
     archive = _export_archive()
     archive.add_endpoint(
@@ -262,8 +270,8 @@ def export_classifier(model, tokenizer, path, label_names, sequence_length=None,
         classifier_serving_function(model, tokenizer, label_names, sequence_length),
         input_signature=[tf.TensorSpec([None], tf.string, name="text")],
     )
-    archive.write_out(path, verbose=False)
-    _write_metadata(
+    _write_saved_model(
+        archive,
         path,
         {
             "kind": "classifier",
@@ -376,7 +384,7 @@ def export_generator(causal_lm, tokenizer, path, max_new_tokens_limit=None, over
             f"max_new_tokens_limit={max_new_tokens_limit!r}."
         )
     max_new_tokens_limit = int(max_new_tokens_limit)
-    path = _prepare_path(path, overwrite)
+    path = _check_path(path, overwrite)
 
     archive = _export_archive()
     archive.add_endpoint(
@@ -387,8 +395,8 @@ def export_generator(causal_lm, tokenizer, path, max_new_tokens_limit=None, over
             tf.TensorSpec([], tf.int32, name="max_new_tokens"),
         ],
     )
-    archive.write_out(path, verbose=False)
-    _write_metadata(
+    _write_saved_model(
+        archive,
         path,
         {
             "kind": "generator",
@@ -510,8 +518,7 @@ def export_tflite(model, path, sequence_length=None, quantize=None):
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
         flatbuffer = converter.convert()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "wb") as f:
-        f.write(flatbuffer)
+    write_bytes(path, flatbuffer)
     return path
 
 

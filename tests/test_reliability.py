@@ -1,0 +1,102 @@
+"""Reliability (issue 18): interrupted writes, damaged files, one writer per run directory,
+serving under load, randomised input. Each test fails if its protection is removed."""
+
+import json
+import os
+
+import pytest
+
+from keras_llm import _io
+from keras_llm import data as llm_data
+
+# -- atomic files: an interrupted write never leaves half a file where a reader looks ------
+
+
+def _fail_fsync(fd):
+    raise OSError(28, "No space left on device")
+
+
+def test_an_interrupted_json_write_keeps_the_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "train_config.json"
+    _io.write_json(path, {"seed": 1})
+    monkeypatch.setattr(_io.os, "fsync", _fail_fsync)  # the bytes are written, not yet in place
+    with pytest.raises(OSError, match="No space left"):
+        _io.write_json(path, {"seed": 2, "padding": "x" * 100_000})
+    assert _io.read_json(path) == {"seed": 1}
+    assert os.listdir(tmp_path) == ["train_config.json"]  # no temporary file left
+
+
+def test_an_interrupted_tokenizer_save_keeps_the_previous_tokenizer(tmp_path, monkeypatch):
+    first = llm_data.Tokenizer.train(["a small corpus of words", "more words here"], 40)
+    second = llm_data.Tokenizer.train(["other text entirely, with new tokens"] * 3, 40)
+    directory = str(tmp_path / "tokenizer")
+    first.save(directory)
+    monkeypatch.setattr(_io.os, "fsync", _fail_fsync)
+    with pytest.raises(OSError):
+        second.save(directory)
+    monkeypatch.undo()
+    reloaded = llm_data.Tokenizer.load(directory)
+    assert reloaded.vocabulary == first.vocabulary
+    assert sorted(os.listdir(directory)) == ["tokenizer.json", "vocabulary.txt"]
+
+
+# -- damaged files: one error naming the file, never a silently different model ------------
+
+
+@pytest.fixture
+def saved_tokenizer(tmp_path):
+    tokenizer = llm_data.Tokenizer.train(["a small corpus of words", "more words here"], 40)
+    directory = str(tmp_path / "tokenizer")
+    tokenizer.save(directory)
+    return directory
+
+
+def _cut(path, keep):
+    with open(path, "rb") as f:
+        content = f.read()
+    with open(path, "wb") as f:
+        f.write(content[:keep] if keep >= 0 else content[:len(content) + keep])
+
+
+@pytest.mark.parametrize("keep", [-1, -3, 20])
+def test_a_truncated_vocabulary_is_an_error_naming_the_file(saved_tokenizer, keep):
+    _cut(os.path.join(saved_tokenizer, "vocabulary.txt"), keep)
+    with pytest.raises(ValueError, match=r"vocabulary\.txt is damaged"):
+        llm_data.Tokenizer.load(saved_tokenizer)
+
+
+def test_an_altered_vocabulary_is_an_error_naming_the_file(saved_tokenizer):
+    path = os.path.join(saved_tokenizer, "vocabulary.txt")
+    with open(path, "rb") as f:
+        content = f.read()
+    with open(path, "wb") as f:  # one line dropped, the file still ends in a newline
+        f.write(content.split(b"\n", 6)[6])
+    with pytest.raises(ValueError, match=r"vocabulary\.txt is damaged .* holds \d+ tokens but"):
+        llm_data.Tokenizer.load(saved_tokenizer)
+    with open(path, "wb") as f:
+        f.write(b"\xff\xfe" + content)
+    with pytest.raises(ValueError, match="not UTF-8"):
+        llm_data.Tokenizer.load(saved_tokenizer)
+
+
+@pytest.mark.parametrize("content", [b'{"lowercase": tr', b"\x00\x00\x00", b"[1, 2]"])
+def test_a_damaged_tokenizer_json_is_an_error_naming_the_file(saved_tokenizer, content):
+    path = os.path.join(saved_tokenizer, "tokenizer.json")
+    with open(path, "wb") as f:
+        f.write(content)
+    with pytest.raises(ValueError, match=r"tokenizer\.json"):
+        llm_data.Tokenizer.load(saved_tokenizer)
+
+
+def test_a_damaged_config_json_is_an_error_naming_the_file(tmp_path):
+    from keras_llm import ModelConfig
+
+    path = str(tmp_path / "model_config.json")
+    ModelConfig.preset("tiny").save(path)
+    _cut(path, -20)
+    with pytest.raises(ValueError, match=r"model_config\.json is not valid JSON"):
+        ModelConfig.load(path)
+    with open(path, "w") as f:
+        json.dump({"hidden_dim": "32"}, f)
+    with pytest.raises(ValueError, match="hidden_dim"):
+        ModelConfig.load(path)
