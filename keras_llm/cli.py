@@ -641,12 +641,17 @@ def main(argv=None):
     if args.command is None:
         parser.print_help()
         return 2
+    from keras_llm.run_loop import RunDirectoryInUseError
+
     try:
         check_paths(args)
         return COMMANDS[args.command](args)
     except (UsageError, FileNotFoundError) as error:
         sys.stderr.write(f"keras-llm {args.command}: error: {error}\n")
         return 2
+    except RunDirectoryInUseError as error:  # another process trains into --run-dir
+        sys.stderr.write(f"keras-llm {args.command}: error: {error}\n")
+        return 1
     except FloatingPointError as error:  # training.TrainingDivergedError
         sys.stderr.write(f"keras-llm {args.command}: {error}\n")
         return 1

@@ -33,14 +33,20 @@ import dataclasses
 import json
 import os
 import shutil
+import sys
 import time
+
+try:
+    import fcntl
+except ImportError:  # Windows: no run-directory lock
+    fcntl = None
 
 import keras
 import tensorflow as tf
 
 from keras_llm import callbacks as llm_callbacks
 from keras_llm import hardware, plots
-from keras_llm._io import read_json, write_json
+from keras_llm._io import hostname, read_json, write_json
 from keras_llm.config import TrainConfig
 from keras_llm.optimizers import adamw
 
@@ -53,10 +59,67 @@ HISTORY = "history.csv"
 STEPS = "steps.csv"
 BACKUP = "backup"
 LOGS = "logs"
+LOCK = "run.lock"
 
 
 class TrainingDivergedError(FloatingPointError):
     """The loss became NaN or infinite; the message names the step."""
+
+
+class RunDirectoryInUseError(RuntimeError):
+    """Another running process trains into the run directory; the message names it."""
+
+
+_held_locks = {}  # run directory (real path) -> open lock file, held by this process
+
+
+def lock_run_directory(run_dir):
+    """Takes `run_dir/run.lock` for this process: one writer per run directory.
+
+    The lock is an exclusive `flock` on the file, which holds the owner's pid and host;
+    the kernel releases it when the owner exits, however it exits (`kill -9` included), so
+    a crashed run never leaves a stale lock, and the next run says whose lock it took over.
+    A resumed run (`BackupAndRestore`) takes it like a fresh one. Released by
+    `unlock_run_directory` (`TrainingRun.finish`).
+
+    Raises:
+        RunDirectoryInUseError: a live process holds the lock; the message names it.
+    """
+    if fcntl is None:
+        return
+    key = os.path.realpath(run_dir)
+    unlock_run_directory(run_dir)  # this process's earlier run here ended without finish()
+    path = os.path.join(run_dir, LOCK)
+    lock = open(path, "a+", encoding="utf-8")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        owner = lock.read().strip() or "another process"
+        lock.close()
+        raise RunDirectoryInUseError(
+            f"{run_dir} is in use by {owner}, which is still training into it. Wait for it "
+            "to finish, stop it, or choose another run directory (--run-dir)."
+        ) from None
+    lock.seek(0)
+    previous = lock.read().strip()
+    if previous:  # its owner ended without releasing it: killed, or crashed
+        print(f"keras_llm: {run_dir} was locked by {previous}, which is no longer running; "
+              "taking the lock over", file=sys.stderr, flush=True)
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"process {os.getpid()} on {hostname()}\n")
+    lock.flush()
+    _held_locks[key] = lock
+
+
+def unlock_run_directory(run_dir):
+    """Releases this process's lock on `run_dir` (emptied: no owner), if it holds one."""
+    lock = _held_locks.pop(os.path.realpath(run_dir), None)
+    if lock is not None:
+        lock.seek(0)
+        lock.truncate()
+        lock.close()  # closing releases the flock
 
 
 @dataclasses.dataclass
@@ -184,8 +247,9 @@ class TrainingRun:
         verbose: passed to `fit`.
 
     Creating it picks the `tf.distribute` strategy first (a multi-worker strategy must
-    exist before TensorFlow runs any operation), creates `run_dir` and seeds Python, NumPy
-    and TensorFlow with `train_config.seed`.
+    exist before TensorFlow runs any operation), creates `run_dir`, locks it against a
+    second writer (`lock_run_directory`; `finish` releases it) and seeds Python, NumPy and
+    TensorFlow with `train_config.seed`.
     """
 
     def __init__(self, run_dir, train_config, *, verbose="auto"):
@@ -195,6 +259,8 @@ class TrainingRun:
         self.run_dir = os.fspath(run_dir)
         self.verbose = verbose
         os.makedirs(self.run_dir, exist_ok=True)
+        if is_chief():  # the chief alone writes the run's files
+            lock_run_directory(self.run_dir)
         keras.utils.set_random_seed(self.train_config.seed)
         self.stopper = llm_callbacks.StopOnNonFiniteLoss()
         self.step_logger = None
@@ -327,6 +393,7 @@ class TrainingRun:
         seconds = time.perf_counter() - self.started
         metrics["seconds"] = seconds
         write_json(self.path(METRICS), metrics)
+        unlock_run_directory(self.run_dir)
         if tokenizer is not None:
             model.tokenizer = tokenizer
         if isinstance(history, keras.callbacks.History):

@@ -3,10 +3,14 @@ serving under load, randomised input. Each test fails if its protection is remov
 
 import json
 import os
+import re
+import subprocess
+import sys
+import textwrap
 
 import pytest
 
-from keras_llm import _io
+from keras_llm import _io, cli, run_loop
 from keras_llm import data as llm_data
 
 # -- atomic files: an interrupted write never leaves half a file where a reader looks ------
@@ -100,3 +104,42 @@ def test_a_damaged_config_json_is_an_error_naming_the_file(tmp_path):
         json.dump({"hidden_dim": "32"}, f)
     with pytest.raises(ValueError, match="hidden_dim"):
         ModelConfig.load(path)
+
+
+# -- one run directory, one writer --------------------------------------------------------
+
+HOLD_LOCK = textwrap.dedent("""
+    import sys
+    from keras_llm import run_loop
+    run_loop.lock_run_directory(sys.argv[1])
+    print("locked", flush=True)
+    sys.stdin.read()  # holds the lock until killed
+""")
+
+
+def test_a_second_writer_is_refused_and_a_dead_writers_lock_is_taken_over(tmp_path, capsys):
+    run_dir = str(tmp_path / "run")
+    os.makedirs(run_dir)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, run_dir], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        owner = f"process {holder.pid} on {_io.hostname()}"
+        with pytest.raises(run_loop.RunDirectoryInUseError, match=re.escape(owner)):
+            run_loop.TrainingRun(run_dir, "tiny")
+        # The command line says the same in one line (exit 1) and writes nothing else.
+        assert cli.main(["pretrain", "--run-dir", run_dir, "--train-preset", "tiny",
+                         "--preset", "tiny", "--data-dir", str(tmp_path / "tfds")]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and owner in err[0] and "--run-dir" in err[0], err
+        assert os.listdir(run_dir) == [run_loop.LOCK]
+    finally:
+        holder.kill()  # kill -9: its lock is left behind, with its pid in it
+        holder.wait()
+    run = run_loop.TrainingRun(run_dir, "tiny")  # taken over, with a note naming the dead pid
+    assert f"locked by {owner}, which is no longer running" in capsys.readouterr().err
+    with open(os.path.join(run_dir, run_loop.LOCK)) as f:
+        assert f.read() == f"process {os.getpid()} on {_io.hostname()}\n"
+    run_loop.unlock_run_directory(run.run_dir)
+    with open(os.path.join(run_dir, run_loop.LOCK)) as f:
+        assert f.read() == ""  # released: no owner
