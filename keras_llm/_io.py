@@ -16,6 +16,12 @@ import os
 import shutil
 import socket
 import tempfile
+import zipfile
+
+
+class DamagedFileError(ValueError):
+    """A file keras_llm reads is truncated, altered or not what its name says; the message
+    names the file, what is wrong and how to get a good one back."""
 
 
 def _write_atomically(path, data, mode):
@@ -60,7 +66,7 @@ def read_json(path):
     try:
         return json.loads(raw.decode("utf-8"))
     except ValueError as error:  # JSONDecodeError, or bytes that are not UTF-8
-        raise ValueError(
+        raise DamagedFileError(
             f"{path} is not valid JSON ({error}): the file is truncated or altered. Restore it "
             "or write it again (train or export the run again)."
         ) from None
@@ -135,3 +141,41 @@ def describe_os_error(error, path):
     if error.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
         hint = " Free disk space (or raise the file-size limit) and run the command again."
     return f"Cannot write {path}: {reason}.{hint}"
+
+
+def load_keras_model(path, compile=True):
+    """`keras.models.load_model(path)` with Keras' `safe_mode` on (no lambda or other code is
+    deserialised), after checking the archive: a truncated or altered `.keras` file is one
+    `DamagedFileError` naming it, not a misleading error from inside Keras ("File not
+    found") nor a model with other weights.
+
+    Every member's CRC-32 is checked (`ZipFile.testzip`), so one changed byte is caught.
+
+    Raises:
+        FileNotFoundError: no file at `path`.
+        DamagedFileError: not a complete zip archive, or a member fails its CRC-32.
+        ValueError: Keras cannot build a model from it (e.g. `safe_mode` refuses a lambda);
+            the message names the file and Keras' reason.
+    """
+    import keras
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No Keras model file at {path!r}.")
+    damaged = (f"{path} is damaged (truncated or altered) and cannot be loaded: {{}}. "
+               "Restore it from a copy, or train the run again.")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad_member = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as error:
+        raise DamagedFileError(
+            damaged.format(f"not a complete .keras (zip) archive ({error})")
+        ) from None
+    if bad_member is not None:
+        raise DamagedFileError(damaged.format(f"{bad_member} fails its CRC-32 check"))
+    try:
+        return keras.models.load_model(path, compile=compile, safe_mode=True)
+    except (ValueError, KeyError, TypeError, OSError) as error:
+        # Whole archive, wrong content: e.g. code that safe_mode refuses to deserialise.
+        raise ValueError(f"{path} cannot be loaded as a Keras model: {type(error).__name__}: "
+                         f"{error}") from error

@@ -572,7 +572,9 @@ def _classify_examples(saved_model):
     import tensorflow as tf
     import tensorflow_text  # noqa: F401  (registers the tokenizer's ops for the reload)
 
-    served = tf.saved_model.load(saved_model).signatures["serving_default"]
+    from keras_llm import export
+
+    served = export.load_saved_model(saved_model).signatures["serving_default"]
     outputs = served(text=tf.constant(EXAMPLES))
     for text, label, probabilities in zip(
         EXAMPLES, outputs["label"].numpy(), outputs["probabilities"].numpy()
@@ -649,7 +651,8 @@ def main(argv=None):
     except (UsageError, FileNotFoundError) as error:
         sys.stderr.write(f"keras-llm {args.command}: error: {error}\n")
         return 2
-    except RunDirectoryInUseError as error:  # another process trains into --run-dir
+    except (RunDirectoryInUseError, keras_llm.DamagedFileError) as error:
+        # another process trains into --run-dir; a file to read is truncated or altered
         sys.stderr.write(f"keras-llm {args.command}: error: {error}\n")
         return 1
     except FloatingPointError as error:  # training.TrainingDivergedError

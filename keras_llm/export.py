@@ -61,7 +61,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_llm._io import atomic_directory, read_json, write_bytes, write_json
+from keras_llm._io import (
+    DamagedFileError,
+    atomic_directory,
+    load_keras_model,
+    read_json,
+    write_bytes,
+    write_json,
+)
 from keras_llm.config import TrainConfig
 from keras_llm.models import generation
 
@@ -556,11 +563,36 @@ def tflite_probabilities(path, token_ids, batch_size=256):
     return np.concatenate(outputs, axis=0)
 
 
+def load_saved_model(path):
+    """`tf.saved_model.load(path)`, with one error naming the folder when it is damaged.
+
+    TensorFlow checks every variable against its stored checksum; a truncated or altered
+    `variables/` file or `saved_model.pb` then fails deep inside TensorFlow (`DataLossError`,
+    `IndexError`, ...). Here that is a `DamagedFileError` that names the folder and the fix.
+
+    Raises:
+        FileNotFoundError: `path` holds no `saved_model.pb`.
+        DamagedFileError: it cannot be loaded; the message says why.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(os.path.join(path, "saved_model.pb")):
+        raise FileNotFoundError(f"No SavedModel at {path!r}: saved_model.pb is missing.")
+    try:
+        return tf.saved_model.load(path)
+    except Exception as error:  # noqa: BLE001  (TensorFlow raises many kinds for one cause)
+        reason = str(error).strip().splitlines()[-1] if str(error).strip() else ""
+        raise DamagedFileError(
+            f"The SavedModel at {path} is damaged (truncated or altered) and cannot be "
+            f"loaded: {type(error).__name__}: {reason[:300]}. Export it again "
+            "(keras-llm export RUN_DIR)."
+        ) from error
+
+
 def saved_model_probabilities(path_or_signature, texts, batch_size=256):
     """Runs an exported classifier's `serving_default` on a list of strings; `(n, classes)`."""
     serve = path_or_signature
     if not callable(serve):
-        serve = tf.saved_model.load(os.fspath(serve)).signatures[SIGNATURE]
+        serve = load_saved_model(serve).signatures[SIGNATURE]
     outputs = [
         serve(text=tf.constant(list(texts[i : i + batch_size]), tf.string))["probabilities"]
         for i in range(0, len(texts), batch_size)
@@ -710,7 +742,7 @@ def export_all(
             }
 
     if has_causal_lm:
-        causal_lm = keras.models.load_model(causal_lm_path, compile=False)
+        causal_lm = load_keras_model(causal_lm_path, compile=False)
         artifacts[GENERATOR_DIR] = export_generator(
             causal_lm, tokenizer, os.path.join(output_dir, GENERATOR_DIR), max_new_tokens_limit
         )
@@ -733,7 +765,7 @@ def _load_classifier_run(run_dir, classifier_path):
             )
     label_names = read_json(labels_path)
     sequence_length = TrainConfig.load(config_path).classifier_sequence_length
-    return keras.models.load_model(classifier_path, compile=False), label_names, sequence_length
+    return load_keras_model(classifier_path, compile=False), label_names, sequence_length
 
 
 def _export_classifier_files(model, tokenizer, output_dir, label_names, sequence_length,

@@ -46,7 +46,7 @@ import tensorflow as tf
 
 from keras_llm import callbacks as llm_callbacks
 from keras_llm import hardware, plots
-from keras_llm._io import hostname, read_json, write_json
+from keras_llm._io import hostname, load_keras_model, read_json, write_json
 from keras_llm.config import TrainConfig
 from keras_llm.optimizers import adamw
 
@@ -376,7 +376,7 @@ class TrainingRun:
     def restore_best(self, model):
         """Loads the kept epoch's weights into `model` (after `raise_if_diverged`)."""
         self.raise_if_diverged()
-        best = keras.models.load_model(self.checkpoint, compile=False)
+        best = load_keras_model(self.checkpoint, compile=False)
         model.set_weights(best.get_weights())
 
     def evaluate(self, model, x, y=None, *, prefix="", **evaluate_args):

@@ -33,7 +33,7 @@ import tensorflow as tf
 from keras_llm import data as llm_data
 from keras_llm import metrics as llm_metrics
 from keras_llm import presets
-from keras_llm._io import write_json
+from keras_llm._io import load_keras_model, write_json
 from keras_llm.callbacks import FiniteCheckpoint, StepLogger, StopOnNonFiniteLoss  # noqa: F401
 from keras_llm.config import ModelConfig
 from keras_llm.models import CausalLM, Classifier, TransformerBackbone
@@ -264,7 +264,7 @@ def _pretrained_paths(pretrained):
 
 def load_pretrained_backbone(path):
     """Loads a backbone `.keras` file and proves every weight came from it."""
-    backbone = keras.models.load_model(path, compile=False)
+    backbone = load_keras_model(path, compile=False)
     if isinstance(backbone, CausalLM):
         backbone = backbone.backbone
     if not isinstance(backbone, TransformerBackbone):
@@ -483,7 +483,7 @@ def load_run(run_dir):
     for name in (CLASSIFIER, CAUSAL_LM):
         path = os.path.join(run_dir, name)
         if os.path.exists(path):
-            model = keras.models.load_model(path)
+            model = load_keras_model(path)
             model.tokenizer = llm_data.Tokenizer.load(os.path.join(run_dir, TOKENIZER))
             return model
     raise FileNotFoundError(

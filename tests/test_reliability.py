@@ -4,13 +4,14 @@ serving under load, randomised input. Each test fails if its protection is remov
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
 
 import pytest
 
-from keras_llm import _io, cli, run_loop
+from keras_llm import DamagedFileError, _io, cli, run_loop
 from keras_llm import data as llm_data
 
 # -- atomic files: an interrupted write never leaves half a file where a reader looks ------
@@ -143,3 +144,94 @@ def test_a_second_writer_is_refused_and_a_dead_writers_lock_is_taken_over(tmp_pa
     run_loop.unlock_run_directory(run.run_dir)
     with open(os.path.join(run_dir, run_loop.LOCK)) as f:
         assert f.read() == ""  # released: no owner
+
+
+# -- damaged models: .keras archives and SavedModels ----------------------------------------
+
+LABELS = ["rotten", "fresh"]
+SEQUENCE_LENGTH = 16
+TEXTS = ["a gripping film", "dull and flat", "", "x" * 1000]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A fine-tuning run directory layout (untrained tiny classifier) and its SavedModel."""
+    import keras
+
+    from keras_llm import ModelConfig, TrainConfig, export
+    from keras_llm.models import Classifier, TransformerBackbone
+
+    keras.utils.set_random_seed(3)
+    tokenizer = llm_data.Tokenizer.train(["a small corpus of film words", "flat dull"] * 4, 60)
+    config = ModelConfig.preset("tiny", vocabulary_size=tokenizer.vocabulary_size)
+    model = Classifier(TransformerBackbone(config), num_classes=2)
+    run_dir = tmp_path_factory.mktemp("run")
+    model.save(run_dir / "classifier.keras")
+    tokenizer.save(str(run_dir / "tokenizer"))
+    _io.write_json(run_dir / "labels.json", LABELS)
+    TrainConfig.preset("tiny", classifier_sequence_length=SEQUENCE_LENGTH).save(
+        str(run_dir / "train_config.json"))
+    saved_model = str(tmp_path_factory.mktemp("export") / "classifier")
+    export.export_classifier(model, tokenizer, saved_model, LABELS, SEQUENCE_LENGTH)
+    return {"dir": str(run_dir), "model": model, "tokenizer": tokenizer,
+            "saved_model": saved_model}
+
+
+def _damage(path, how):
+    with open(path, "rb") as f:
+        content = bytearray(f.read())
+    if how == "truncate":
+        content = content[: len(content) // 2]
+    else:  # one byte in the middle flipped: same size, altered content
+        content[len(content) // 2] ^= 0xFF
+    with open(path, "wb") as f:
+        f.write(bytes(content))
+
+
+@pytest.mark.parametrize("how", ["truncate", "flip"])
+def test_a_damaged_keras_file_is_one_error_naming_it(tiny_run, tmp_path, how):
+    from keras_llm import training
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run["dir"], run_dir)
+    path = run_dir / "classifier.keras"
+    _damage(path, how)
+    with pytest.raises(DamagedFileError, match=re.escape(str(path)) + " is damaged"):
+        training.load_run(str(run_dir))
+
+
+def test_the_cli_names_a_damaged_model_in_one_line_and_writes_nothing(tiny_run, tmp_path,
+                                                                      capsys):
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run["dir"], run_dir)
+    _damage(run_dir / "classifier.keras", "truncate")
+    assert cli.main(["export", str(run_dir), "--no-tflite", "--no-quantize"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "classifier.keras is damaged" in err[0], err
+    assert not (run_dir / "export").exists()
+
+
+def test_keras_files_load_in_safe_mode(tmp_path):
+    import keras
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Lambda(lambda x: x * 2)])
+    path = str(tmp_path / "lambda.keras")
+    model.save(path)
+    with pytest.raises(ValueError, match="lambda.keras cannot be loaded.*safe_mode"):
+        _io.load_keras_model(path)
+
+
+@pytest.mark.parametrize("file, how", [
+    ("variables/variables.data-00000-of-00001", "flip"),
+    ("variables/variables.data-00000-of-00001", "truncate"),
+    ("variables/variables.index", "flip"),
+    ("saved_model.pb", "truncate"),
+])
+def test_a_damaged_saved_model_is_one_error_naming_it(tiny_run, tmp_path, file, how):
+    from keras_llm import export
+
+    path = tmp_path / "classifier"
+    shutil.copytree(tiny_run["saved_model"], path)
+    _damage(path / file, how)
+    with pytest.raises(DamagedFileError, match=re.escape(str(path)) + " is damaged"):
+        export.saved_model_probabilities(str(path), TEXTS)

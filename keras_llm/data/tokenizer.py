@@ -39,7 +39,7 @@ import keras
 import tensorflow as tf
 import tensorflow_text as tf_text
 
-from keras_llm._io import read_json, write_json, write_text
+from keras_llm._io import DamagedFileError, read_json, write_json, write_text
 
 PAD_TOKEN, UNK_TOKEN, START_TOKEN, END_TOKEN = "[PAD]", "[UNK]", "[BOS]", "[EOS]"
 RESERVED_TOKENS = (PAD_TOKEN, UNK_TOKEN, START_TOKEN, END_TOKEN)
@@ -425,15 +425,17 @@ class Tokenizer(keras.layers.Layer):
         try:
             vocabulary = raw.decode("utf-8").split("\n")
         except UnicodeDecodeError as error:
-            raise ValueError(f"{damaged}: it is not UTF-8 ({error}).") from None
+            raise DamagedFileError(f"{damaged}: it is not UTF-8 ({error}).") from None
         if vocabulary[-1] != "":
-            raise ValueError(f"{damaged}: its last line is cut off ({vocabulary[-1]!r}).")
+            raise DamagedFileError(f"{damaged}: its last line is cut off ({vocabulary[-1]!r}).")
         vocabulary = vocabulary[:-1]
         if not isinstance(config, dict):
-            raise ValueError(f"{config_path} must hold a JSON object. Received {config!r:.100}.")
+            raise DamagedFileError(
+                f"{config_path} must hold a JSON object. Received {config!r:.100}."
+            )
         expected = config.get("vocabulary_size")
         if expected is not None and expected != len(vocabulary):
-            raise ValueError(
+            raise DamagedFileError(
                 f"{damaged}: it holds {len(vocabulary)} tokens but {config_path} says "
                 f"vocabulary_size={expected!r}. Restore the tokenizer folder (or train the run "
                 "again); a different vocabulary would silently give different ids."
@@ -447,7 +449,9 @@ class Tokenizer(keras.layers.Layer):
                 bert_normalization=config.get("bert_normalization", False),
             )
         except ValueError as error:
-            raise ValueError(f"The tokenizer in {directory} cannot be loaded: {error}") from None
+            raise DamagedFileError(
+                f"The tokenizer in {directory} cannot be loaded: {error}"
+            ) from None
 
     @classmethod
     def from_preset(cls, preset):
