@@ -8,8 +8,13 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
+import tensorflow as tf
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from keras_llm import DamagedFileError, _io, cli, run_loop
 from keras_llm import data as llm_data
@@ -235,3 +240,129 @@ def test_a_damaged_saved_model_is_one_error_naming_it(tiny_run, tmp_path, file, 
     _damage(path / file, how)
     with pytest.raises(DamagedFileError, match=re.escape(str(path)) + " is damaged"):
         export.saved_model_probabilities(str(path), TEXTS)
+
+
+# -- serving under load --------------------------------------------------------------------
+
+
+def _rss_mb():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+@pytest.mark.slow
+def test_eight_threads_10000_calls_give_the_sequential_outputs_in_bounded_memory(tiny_run):
+    import tensorflow as tf
+
+    from keras_llm import export
+
+    serve = export.load_saved_model(tiny_run["saved_model"]).signatures[export.SIGNATURE]
+    texts = [f"review {i}: " + "a gripping film " * (i % 7) + "dull" * (i % 3) for i in range(64)]
+    texts[5], texts[6] = "", "\xff not utf-8 \x80"
+
+    def call(i):
+        out = serve(text=tf.constant([texts[i % len(texts)]]))
+        return out["probabilities"].numpy()[0], out["label"].numpy()[0]
+
+    expected = [call(i) for i in range(len(texts))]  # sequential, one at a time
+    rss = {"before": _rss_mb()}
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for half in (5000, 10000):
+            start = half - 5000
+            for i, (probabilities, label) in zip(range(start, half),
+                                                 pool.map(call, range(start, half))):
+                want = expected[i % len(texts)]
+                np.testing.assert_array_equal(probabilities, want[0])
+                assert label == want[1]
+            rss[half] = _rss_mb()
+    print(f"RSS MB: before {rss['before']:.1f}, after 5,000 calls {rss[5000]:.1f}, "
+          f"after 10,000 calls {rss[10000]:.1f}")
+    # Memory stops growing: the second 5,000 calls add (almost) nothing.
+    assert rss[10000] - rss[5000] < 8, rss
+
+
+# -- randomised input (hypothesis) --------------------------------------------------------
+
+# Letters, digits, punctuation, layout and a few non-ASCII characters: a keep-mode tokenizer
+# trained on a corpus that uses each of them at the start and inside words spells any text
+# made of them, so the round trip must give it back exactly.
+ALPHABET = "abcxyzABXYZ019_.,:;()[]{}=+-*/#'\"é日λ \n\t\r"
+WORD_CHARACTERS = [c for c in ALPHABET if c not in " \n\t\r"]
+
+
+@pytest.fixture(scope="module")
+def keep_tokenizer():
+    corpus = [" ".join(a + b + a for a in WORD_CHARACTERS for b in WORD_CHARACTERS)] * 2
+    return llm_data.Tokenizer.train(corpus + ["\n\t\r  " * 20], 1000, lowercase=False,
+                                    whitespace="keep")
+
+
+@pytest.fixture(scope="module")
+def split_tokenizer():
+    return llm_data.Tokenizer.train(["a small corpus of words", "more words here"], 40)
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(alphabet=ALPHABET, max_size=200))
+def test_keep_mode_round_trips_any_text_of_its_alphabet(keep_tokenizer, text):
+    ids = keep_tokenizer.tokenize(tf.constant([text]))
+    assert keep_tokenizer.unk_id not in ids.flat_values.numpy().tolist(), text
+    assert keep_tokenizer.detokenize(ids).numpy()[0].decode("utf-8") == text
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(texts=st.lists(st.one_of(st.text(), st.binary()), max_size=4))
+def test_the_tokenizers_never_fail_on_any_text_or_bytes(split_tokenizer, keep_tokenizer,
+                                                        texts):
+    batch = tf.constant([t.encode("utf-8") if isinstance(t, str) else t for t in texts],
+                        dtype=tf.string, shape=[len(texts)])
+    for tokenizer in (split_tokenizer, keep_tokenizer):
+        ids = tokenizer.encode(batch, SEQUENCE_LENGTH).numpy()
+        assert ids.shape == (len(texts), SEQUENCE_LENGTH)
+        assert ((0 <= ids) & (ids < tokenizer.vocabulary_size)).all()
+        assert tokenizer.detokenize(tokenizer.tokenize(batch)).shape == (len(texts),)
+
+
+_BYTE_STRING = st.one_of(
+    st.binary(max_size=64),
+    # up to 1 MB: a repeated random chunk keeps the example cheap to generate
+    st.tuples(st.binary(min_size=1, max_size=16), st.integers(1, 2**20 // 16)).map(
+        lambda pair: (pair[0] * pair[1])[: 2**20]),
+)
+
+
+@settings(max_examples=15, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                                 HealthCheck.data_too_large])
+@given(size=st.integers(0, 512), strings=st.lists(_BYTE_STRING, max_size=3),
+       seed=st.integers(0, 9))
+@example(size=512, seed=1,
+         strings=[b"\xff\xfe invalid " * (2**20 // 16), "日本 ".encode() * (2**20 // 7)])
+@example(size=0, strings=[], seed=0)
+def test_the_saved_model_serves_any_bytes_any_batch_size(tiny_run, size, strings, seed):
+    serve = _serving(tiny_run["saved_model"])
+    rng = np.random.default_rng(seed)
+    batch = [rng.bytes(int(n)) for n in rng.integers(0, 40, size)]
+    for i, string in enumerate(strings[:size]):
+        batch[i] = string
+    outputs = serve(text=tf.constant(batch, dtype=tf.string, shape=[size]))
+    probabilities = outputs["probabilities"].numpy()
+    assert probabilities.shape == (size, 2) and np.isfinite(probabilities).all()
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    assert set(outputs["label"].numpy().tolist()) <= {b"rotten", b"fresh"}
+
+
+_SERVING = {}
+
+
+def _serving(path):
+    from keras_llm import export
+
+    if path not in _SERVING:
+        _SERVING[path] = export.load_saved_model(path).signatures[export.SIGNATURE]
+    return _SERVING[path]
