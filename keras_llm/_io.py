@@ -133,14 +133,41 @@ def atomic_directory(path):
         raise
 
 
-def describe_os_error(error, path):
-    """A one-line message for an `OSError` while writing `path`, naming the path and, for a
-    full disk or a file-size limit, what to do."""
-    reason = os.strerror(error.errno) if error.errno else str(error)
+def write_error(error, path):
+    """An `OSError` for a failed write of `path`, whose message names the path and, for a
+    full disk or a file-size limit, what to do; `error` is an `OSError` or TensorFlow's
+    error for the same failure (its message is kept)."""
+    number = getattr(error, "errno", None)
+    if number is None:  # TensorFlow: "... File too large" / "No space left on device"
+        text = str(error)
+        for candidate in (errno.EFBIG, errno.ENOSPC, errno.EDQUOT):
+            if os.strerror(candidate) in text:
+                number = candidate
+    reason = os.strerror(number) if number else str(error).strip().splitlines()[-1]
     hint = ""
-    if error.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+    if number in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
         hint = " Free disk space (or raise the file-size limit) and run the command again."
-    return f"Cannot write {path}: {reason}.{hint}"
+    return OSError(number or errno.EIO, f"Cannot write {path}: {reason}.{hint}")
+
+
+def save_keras_model(model, path):
+    """`model.save(path)` into a temporary sibling, then `os.replace`: the file at `path`
+    is the previous model or the new one, whole, even if the disk fills up meanwhile.
+
+    Raises:
+        OSError: the write failed; the message names `path` (see `write_error`).
+    """
+    path = os.fspath(path)
+    directory, name = os.path.split(os.path.abspath(path))
+    temporary = os.path.join(directory, f".{name}.partial-{os.getpid()}.keras")
+    try:
+        model.save(temporary)
+        os.replace(temporary, path)
+    except OSError as error:
+        raise write_error(error, path) from error
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(temporary)
 
 
 def load_keras_model(path, compile=True):

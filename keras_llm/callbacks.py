@@ -30,6 +30,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_llm._io import save_keras_model
 from keras_llm.config import DECAYS, ModelConfig
 
 
@@ -888,4 +889,4 @@ class FiniteCheckpoint(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         loss = (logs or {}).get("loss")
         if self.stopper.bad_step is None and loss is not None and math.isfinite(float(loss)):
-            self.model.save(self.path)
+            save_keras_model(self.model, self.path)  # the previous one stays if this fails

@@ -651,8 +651,9 @@ def main(argv=None):
     except (UsageError, FileNotFoundError) as error:
         sys.stderr.write(f"keras-llm {args.command}: error: {error}\n")
         return 2
-    except (RunDirectoryInUseError, keras_llm.DamagedFileError) as error:
-        # another process trains into --run-dir; a file to read is truncated or altered
+    except (RunDirectoryInUseError, keras_llm.DamagedFileError, OSError) as error:
+        # another process trains into --run-dir; a file to read is truncated or altered; a
+        # write failed (full disk): the message names the file
         sys.stderr.write(f"keras-llm {args.command}: error: {error}\n")
         return 1
     except FloatingPointError as error:  # training.TrainingDivergedError

@@ -67,6 +67,7 @@ from keras_llm._io import (
     load_keras_model,
     read_json,
     write_bytes,
+    write_error,
     write_json,
 )
 from keras_llm.config import TrainConfig
@@ -180,9 +181,12 @@ def _check_path(path, overwrite):
 def _write_saved_model(archive, path, metadata):
     """Writes `archive` and its metadata into a temporary sibling of `path`, then renames it
     into place: a crash or an error meanwhile leaves the previous export at `path` whole."""
-    with atomic_directory(path) as partial:
-        archive.write_out(partial, verbose=False)
-        _write_metadata(partial, metadata)
+    try:
+        with atomic_directory(path) as partial:
+            archive.write_out(partial, verbose=False)
+            _write_metadata(partial, metadata)
+    except (OSError, tf.errors.OpError) as error:  # e.g. a full disk
+        raise write_error(error, path) from error
 
 
 def _write_metadata(path, metadata):

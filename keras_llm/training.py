@@ -33,7 +33,7 @@ import tensorflow as tf
 from keras_llm import data as llm_data
 from keras_llm import metrics as llm_metrics
 from keras_llm import presets
-from keras_llm._io import load_keras_model, write_json
+from keras_llm._io import load_keras_model, save_keras_model, write_json
 from keras_llm.callbacks import FiniteCheckpoint, StepLogger, StopOnNonFiniteLoss  # noqa: F401
 from keras_llm.config import ModelConfig
 from keras_llm.models import CausalLM, Classifier, TransformerBackbone
@@ -166,8 +166,8 @@ def pretrain(
 
     model.tokenizer = tokenizer
     if is_chief():
-        model.backbone.save(run.path(BACKBONE))
-        model.save(run.path(CAUSAL_LM))
+        save_keras_model(model.backbone, run.path(BACKBONE))
+        save_keras_model(model, run.path(CAUSAL_LM))
     return run.finish(model, metrics, history, tokenizer)
 
 

@@ -366,3 +366,75 @@ def _serving(path):
     if path not in _SERVING:
         _SERVING[path] = export.load_saved_model(path).signatures[export.SIGNATURE]
     return _SERVING[path]
+
+
+# -- a full disk: simulated with a file-size limit in a subprocess ----------------------------
+
+FULL_DISK_LIMIT = 150_000  # bytes: the configs and logs fit, a .keras file does not
+LIMITED_CLI = textwrap.dedent("""
+    import resource, signal, sys
+    limit = int(sys.argv[1])
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    from keras_llm import cli
+    sys.exit(cli.main(sys.argv[2:]))
+""")
+
+
+def _cli_with_file_size_limit(limit, argv):
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run([sys.executable, "-c", LIMITED_CLI, str(limit), *argv], env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def _one_error_line(completed, command):
+    assert "Traceback" not in completed.stderr, completed.stderr[-3000:]
+    errors = [line for line in completed.stderr.splitlines()
+              if line.startswith(f"keras-llm {command}: error:")]
+    assert len(errors) == 1, completed.stderr[-3000:]
+    return errors[0]
+
+
+def _file_bytes(directory):
+    found = {}
+    for root, _, files in os.walk(directory):
+        for name in files:
+            with open(os.path.join(root, name), "rb") as f:
+                found[os.path.relpath(os.path.join(root, name), directory)] = f.read()
+    return found
+
+
+def test_a_full_disk_stops_export_with_one_line_and_keeps_the_previous_export(tiny_run,
+                                                                              tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run["dir"], run_dir)
+    previous = run_dir / "export" / "classifier"
+    shutil.copytree(tiny_run["saved_model"], previous)
+    before = _file_bytes(previous)
+    completed = _cli_with_file_size_limit(
+        20_000, ["export", str(run_dir), "--no-tflite", "--no-quantize"])
+    assert completed.returncode == 1
+    line = _one_error_line(completed, "export")
+    assert f"Cannot write {previous}: File too large" in line, line
+    assert _file_bytes(previous) == before  # the previous export, byte for byte
+    assert sorted(os.listdir(previous.parent)) == ["classifier", "tokenizer"]
+
+
+@pytest.mark.slow
+def test_a_full_disk_stops_training_with_one_line_and_keeps_the_last_checkpoint(
+    pretrained_run, data_dir, tmp_path
+):
+    run_dir = tmp_path / "run"
+    shutil.copytree(pretrained_run, run_dir)
+    kept = ["checkpoints/causal_lm.keras", "causal_lm.keras", "backbone.keras",
+            "tokenizer/vocabulary.txt", "model_config.json"]
+    before = {name: (run_dir / name).read_bytes() for name in kept}
+    completed = _cli_with_file_size_limit(
+        FULL_DISK_LIMIT, ["pretrain", "--run-dir", str(run_dir), "--preset", "tiny",
+                          "--train-preset", "tiny", "--steps", "4", "--data-dir", data_dir])
+    assert completed.returncode == 1
+    line = _one_error_line(completed, "pretrain")
+    assert "Cannot write" in line and str(run_dir) in line and "File too large" in line, line
+    for name in kept:  # the last good checkpoint and the earlier artifacts, byte for byte
+        assert (run_dir / name).read_bytes() == before[name], name
+    print(line)
