@@ -323,7 +323,8 @@ class TrainingRun:
             learning_rate: float. Its peak.
             checkpoint: str. Where the kept model is saved.
             monitor: str or None. Keep the best epoch by this validation metric
-                (`ModelCheckpoint`, `mode` "min", "max" or "auto"); None keeps the last
+                (`ModelCheckpoint`, `mode` "min", "max" or "auto"; saved under a temporary
+                name and renamed into place, `PublishCheckpoint`); None keeps the last
                 epoch with a finite loss and backs the run up to resume it after a crash
                 (`BackupAndRestore` in `backup/`; the CSV logs are then appended to).
             tokens: `(batch_size, sequence_length)` or None. Logs tokens/s, FLOP/s, MFU.
@@ -351,10 +352,15 @@ class TrainingRun:
                 # Last among ours: it backs up after the checkpoint of the same epoch.
                 keras.callbacks.BackupAndRestore(self.path(BACKUP)),
             ]
-        else:
-            callbacks.append(keras.callbacks.ModelCheckpoint(
-                checkpoint, monitor=monitor, mode=mode, save_best_only=True
-            ))
+        else:  # written under a temporary name, renamed into place when complete
+            directory, name = os.path.split(checkpoint)
+            partial = os.path.join(directory, f".{name}.partial.keras")
+            callbacks += [
+                keras.callbacks.ModelCheckpoint(
+                    partial, monitor=monitor, mode=mode, save_best_only=True
+                ),
+                llm_callbacks.PublishCheckpoint(partial, checkpoint),
+            ]
         self.fit_callbacks = [*callbacks, *extra]
         return self.fit_callbacks
 

@@ -438,3 +438,41 @@ def test_a_full_disk_stops_training_with_one_line_and_keeps_the_last_checkpoint(
     for name in kept:  # the last good checkpoint and the earlier artifacts, byte for byte
         assert (run_dir / name).read_bytes() == before[name], name
     print(line)
+
+
+def test_a_failed_save_of_the_best_epoch_keeps_the_previous_best(tmp_path, monkeypatch):
+    """Fine-tuning's best checkpoint (`ModelCheckpoint`): a save that dies half-way (a full
+    disk) leaves the previous best whole at the checkpoint's path."""
+    import keras
+
+    from keras_llm.config import TrainConfig
+
+    config = TrainConfig.preset("tiny", finetune_epochs=3, finetune_learning_rate=0.05)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 3)).astype("float32")
+    y = x @ np.array([[1.0], [-2.0], [0.5]], dtype="float32")
+    saved = []
+    real_save = keras.Model.save
+
+    def save_then_fill_the_disk(model, path, *args, **kwargs):
+        saved.append([w.copy() for w in model.get_weights()])
+        if len(saved) == 1:
+            return real_save(model, path, *args, **kwargs)
+        with open(path, "wb") as f:  # half a file, then the disk is full
+            f.write(b"PK\x03\x04 half a model")
+        raise OSError(28, "No space left on device")
+
+    run = run_loop.TrainingRun(tmp_path / "run", config, verbose=0)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    run.compile(model, config.finetune_learning_rate, loss="mse")
+    run.callbacks(24, config.finetune_learning_rate, checkpoint=run.path("best.keras"),
+                  monitor="val_loss", mode="min", tensorboard=False)
+    monkeypatch.setattr(keras.Model, "save", save_then_fill_the_disk)
+    with pytest.raises(OSError, match="No space left"):
+        run.fit(model, x[:48], y[:48], batch_size=8, epochs=3, validation_data=(x[48:], y[48:]))
+    monkeypatch.undo()
+    assert len(saved) == 2  # the second epoch improved and its save failed
+    best = _io.load_keras_model(run.path("best.keras"), compile=False)
+    for kept, first in zip(best.get_weights(), saved[0]):
+        np.testing.assert_array_equal(kept, first)
+    run_loop.unlock_run_directory(run.run_dir)
