@@ -29,6 +29,7 @@ Run directory file names are defined here, once (`training` re-exports them).
 """
 
 import contextlib
+import csv
 import dataclasses
 import json
 import os
@@ -315,7 +316,8 @@ class TrainingRun:
                 model.optimizer.iterations.assign(step)
 
     def callbacks(self, schedule_steps, learning_rate, *, checkpoint, monitor=None,
-                  mode="auto", tokens=None, peak_flops=None, tensorboard=True, extra=()):
+                  mode="auto", tokens=None, peak_flops=None, tensorboard=True, extra=(),
+                  backup=False):
         """Assembles the callbacks `fit` uses; returns them.
 
         Args:
@@ -331,8 +333,12 @@ class TrainingRun:
             peak_flops: float or None. Peak FLOP/s of the hardware, for MFU.
             tensorboard: bool. TensorBoard logs in `logs/`.
             extra: the caller's Keras callbacks, run after these.
+            backup: bool. With a `monitor`, also back the run up (`BackupAndRestore`) so
+                that a run started again after a crash resumes from its last epoch, and
+                the kept epoch is still the best of all (`ModelCheckpoint` starts from the
+                best value in `history.csv`). For one `fit` call only. Defaults to `False`.
         """
-        resuming = monitor is None and self.resume_epoch() > 0
+        resuming = self.resume_epoch() > 0
         self.checkpoint = checkpoint
         self.step_logger = llm_callbacks.StepLogger(self.path(STEPS), append=resuming)
         callbacks = schedule_callbacks(self.train_config, schedule_steps, learning_rate)
@@ -357,12 +363,30 @@ class TrainingRun:
             partial = os.path.join(directory, f".{name}.partial.keras")
             callbacks += [
                 keras.callbacks.ModelCheckpoint(
-                    partial, monitor=monitor, mode=mode, save_best_only=True
+                    partial, monitor=monitor, mode=mode, save_best_only=True,
+                    initial_value_threshold=self._best_so_far(monitor, mode) if resuming
+                    else None,
                 ),
                 llm_callbacks.PublishCheckpoint(partial, checkpoint),
             ]
+            if backup:  # last among ours: it backs up after the checkpoint of the epoch
+                callbacks.append(keras.callbacks.BackupAndRestore(self.path(BACKUP)))
         self.fit_callbacks = [*callbacks, *extra]
         return self.fit_callbacks
+
+    def _best_so_far(self, monitor, mode):
+        """The best `monitor` value of the epochs a resumed run already finished (from
+        `history.csv`), or None."""
+        path = self.path(HISTORY)
+        if mode not in ("min", "max") or not os.path.exists(path):
+            return None
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        values = [float(row[monitor]) for row in rows
+                  if monitor in row and int(row["epoch"]) < self.resume_epoch()]
+        if not values:
+            return None
+        return max(values) if mode == "max" else min(values)
 
     def fit(self, model, x, y=None, **fit_args):
         """`model.fit` with the run's callbacks; tf.data sets are split by batch across

@@ -336,6 +336,8 @@ def finetune(
         "pooling": pooling,
     })
     splits = _classification_splits(train_pairs, data, data_dir, tokenizer, train_config)
+    if _resumable(train_config):  # a resumed run skips exactly the batches it trained on
+        splits.train = splits.train.skip(run.resume_epoch() * splits.steps_per_epoch)
 
     with run.policy():
         with run.strategy.scope():
@@ -358,7 +360,7 @@ def finetune(
             splits.steps_per_epoch * train_config.finetune_epochs,
             train_config.finetune_learning_rate, checkpoint=run.path(CLASSIFIER),
             monitor="val_f1", mode="max", tokens=(train_config.batch_size, splits.width),
-            peak_flops=peak_flops, extra=callbacks,
+            peak_flops=peak_flops, extra=callbacks, backup=_resumable(train_config),
         )
         history = _fit_in_phases(run, model, splits, num_classes)
         run.restore_best(model)
@@ -396,6 +398,13 @@ def _pretrained_record(preset, backbone_path):
     if preset is not None:
         return preset if preset in presets.PRESETS else os.path.abspath(preset)
     return os.path.abspath(backbone_path) if backbone_path else None
+
+
+def _resumable(train_config):
+    """Whether a fine-tuning run resumes after a crash (`BackupAndRestore`): one `fit` call
+    (no frozen-backbone phase) over a repeated data set of fixed steps per epoch, whose
+    batches a resumed run can skip exactly. Otherwise a run started again starts over."""
+    return train_config.finetune_steps_per_epoch > 0 and not train_config.freeze_backbone_epochs
 
 
 @dataclasses.dataclass
