@@ -476,3 +476,24 @@ def test_a_failed_save_of_the_best_epoch_keeps_the_previous_best(tmp_path, monke
     for kept, first in zip(best.get_weights(), saved[0]):
         np.testing.assert_array_equal(kept, first)
     run_loop.unlock_run_directory(run.run_dir)
+
+
+def test_a_resumed_run_keeps_the_best_epoch_of_before_the_crash(tmp_path):
+    """Resuming (a backup says epoch 2 is next), the best-epoch checkpoint starts from the
+    best validation value the finished epochs logged, so a worse epoch never replaces it."""
+    import keras
+
+    run_dir = tmp_path / "run"
+    (run_dir / "backup").mkdir(parents=True)
+    (run_dir / "history.csv").write_text(
+        "epoch,loss,val_f1\n0,0.9,0.61\n1,0.8,0.74\n2,0.7,0.99\n")  # epoch 2 was not finished
+    _io.write_json(run_dir / "backup" / "training_metadata.json", {"epoch": 2})
+    run = run_loop.TrainingRun(run_dir, "tiny", verbose=0)
+    assert run.resume_epoch() == 2
+    run.callbacks(10, 1e-3, checkpoint=run.path("classifier.keras"), monitor="val_f1",
+                  mode="max", tensorboard=False, backup=True)
+    checkpoints = [c for c in run.fit_callbacks
+                   if isinstance(c, keras.callbacks.ModelCheckpoint)]
+    assert len(checkpoints) == 1 and checkpoints[0].best == pytest.approx(0.74)
+    assert isinstance(run.fit_callbacks[-1], keras.callbacks.BackupAndRestore)
+    run_loop.unlock_run_directory(run.run_dir)
