@@ -17,6 +17,8 @@ Every run writes into its `run_dir`:
     logs/                                   TensorBoard
     checkpoints/                            last good checkpoint (finite loss only)
     backup/                                 BackupAndRestore state while a run is unfinished
+    run.lock                                "process PID on HOST" while a run trains (empty
+                                            after; a second writer is refused)
     loss.png, learning_rate.png, grad_norm.png
 """
 
