@@ -1,6 +1,7 @@
 """keras_llm: a Keras 3 reference implementation of the kernel of an LLM system.
 
-Public names: `ModelConfig`, `TrainConfig`, and the submodules `layers`, `models`, `data`,
+Public names: `ModelConfig`, `TrainConfig`, `DamagedFileError` (a truncated or altered
+file; its message names it), and the submodules `layers`, `models`, `data`,
 `callbacks`, `metrics`, `training`, `evaluation`, `export`, `plots`, `applications`,
 `hardware`, `presets` (published checkpoints by name: `from_preset`).
 """
@@ -10,11 +11,12 @@ from keras_llm._env import configure_environment
 configure_environment()
 
 from keras_llm import layers, models  # noqa: E402
+from keras_llm._io import DamagedFileError  # noqa: E402
 from keras_llm.config import ModelConfig, TrainConfig  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["ModelConfig", "TrainConfig", "layers", "models", "__version__"]
+__all__ = ["DamagedFileError", "ModelConfig", "TrainConfig", "layers", "models", "__version__"]
 
 
 def __getattr__(name):

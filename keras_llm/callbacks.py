@@ -30,6 +30,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_llm._io import save_keras_model
 from keras_llm.config import DECAYS, ModelConfig
 
 
@@ -888,4 +889,27 @@ class FiniteCheckpoint(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         loss = (logs or {}).get("loss")
         if self.stopper.bad_step is None and loss is not None and math.isfinite(float(loss)):
-            self.model.save(self.path)
+            save_keras_model(self.model, self.path)  # the previous one stays if this fails
+
+
+class PublishCheckpoint(keras.callbacks.Callback):
+    """Moves a checkpoint written under a temporary name into place at each epoch end.
+
+    Keras' `ModelCheckpoint` writes its file in place, so a crash or a full disk while it
+    saves would leave half a model where the best one was. Pointed at `partial` instead, and
+    followed by this callback, it never touches `path`: this renames `partial` over `path`
+    (`os.replace`, atomic) once the save is complete.
+
+    Args:
+        partial: str. Where `ModelCheckpoint` writes (a `.keras` name beside `path`).
+        path: str. The checkpoint readers load.
+    """
+
+    def __init__(self, partial, path):
+        super().__init__()
+        self.partial = partial
+        self.path = path
+
+    def on_epoch_end(self, epoch, logs=None):
+        if os.path.exists(self.partial):
+            os.replace(self.partial, self.path)

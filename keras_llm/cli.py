@@ -47,6 +47,13 @@ def _build_configs(args, default_train_preset):
                 overrides = json.load(f)
         except (OSError, json.JSONDecodeError) as error:
             raise UsageError(f"cannot read --config {args.config!r}: {error}") from None
+        if not isinstance(overrides, dict) or not all(
+            isinstance(value, dict) for value in overrides.values()
+        ):
+            raise UsageError(
+                f"--config {args.config!r} must hold a JSON object {{'model': {{...}}, "
+                f"'train': {{...}}}}. Received {overrides!r:.200}"
+            )
         unknown = sorted(set(overrides) - {"model", "train"})
         if unknown:
             raise UsageError(
@@ -254,6 +261,44 @@ def _format_metrics(metrics):
     return {k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in metrics.items()}
 
 
+def _check_output_path(flag, path):
+    """An output directory must be a directory or creatable as one: refused up front, with
+    one line, instead of failing after work has started."""
+    if path is None:
+        return
+    path = os.path.abspath(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"{flag} {path!r} exists and is not a directory; pass a directory")
+    parent = path
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise UsageError(f"{flag} {path!r} cannot be created: {parent!r} is a file, not a "
+                         "directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {path!r} cannot be created: {parent!r} is not writable")
+
+
+# Flags (argparse destinations) that name a directory a command writes into.
+_OUTPUT_DIRECTORIES = {"run_dir": "--run-dir", "output_dir": "--output-dir",
+                       "data_dir": "--data-dir"}
+_READ_ONLY_RUN_DIR = ("evaluate", "export", "generate", "chat")
+
+
+def check_paths(args):
+    """Refuses an output directory that cannot be one (an existing file, a file on its way,
+    no write permission) before any command creates anything."""
+    for dest, flag in _OUTPUT_DIRECTORIES.items():
+        if dest == "run_dir" and args.command in _READ_ONLY_RUN_DIR:
+            continue  # read: the command itself says when it is not a run directory
+        if dest == "run_dir" and args.command == "digits":
+            flag = "RUN_DIR"
+        _check_output_path(flag, getattr(args, dest, None))
+    output = getattr(args, "output", None)
+    if output is not None and os.path.isdir(output):
+        raise UsageError(f"--output {output!r} is a directory; pass a JSON file path")
+
+
 def _check_dataset(name, task):
     """A `--dataset` the catalog does not know is a usage error, before any work starts."""
     from keras_llm import data
@@ -296,11 +341,14 @@ def cmd_finetune(args):
 
 
 def cmd_evaluate(args):
-    from keras_llm import evaluation
+    from keras_llm import data, evaluation
 
-    metrics, report = evaluation.evaluate_run(
-        args.run_dir, split=args.split, data_dir=args.data_dir
-    )
+    try:
+        metrics, report = evaluation.evaluate_run(
+            args.run_dir, split=args.split, data_dir=args.data_dir
+        )
+    except data.UnknownSplitError as error:
+        raise UsageError(f"--split: {error}") from None
     print(evaluation.format_report(report))
     print()
     _print_table(sorted(_format_metrics(metrics).items()), ["model.evaluate", "value"])
@@ -318,12 +366,15 @@ def _print_export_report(report):
 
 
 def cmd_export(args):
-    from keras_llm import export
+    from keras_llm import data, export
 
-    report = export.export_all(
-        args.run_dir, output_dir=args.output_dir, split=args.split, data_dir=args.data_dir,
-        quantize=not args.no_quantize, tflite=not args.no_tflite,
-    )
+    try:  # the split is read before anything is written
+        report = export.export_all(
+            args.run_dir, output_dir=args.output_dir, split=args.split, data_dir=args.data_dir,
+            quantize=not args.no_quantize, tflite=not args.no_tflite,
+        )
+    except data.UnknownSplitError as error:
+        raise UsageError(f"--split: {error}") from None
     _print_export_report(report)
     print(f"\nWritten to {os.path.abspath(report['output_dir'])}")
     return 0
@@ -357,6 +408,8 @@ def cmd_dialogue(args):
 
     if args.dialogue != "finetune":
         raise UsageError("choose an action: keras-llm dialogue finetune --pretrained RUN_DIR")
+    if args.samples < 0:
+        raise UsageError(f"--samples must be >= 0 (held-out questions), got {args.samples}")
     _, train = _configs(args, "small")
     result = dialogue.finetune_dialogue(
         args.pretrained, args.run_dir, train, data_dir=args.data_dir,
@@ -419,6 +472,8 @@ def cmd_study(args):
         seeds = tuple(int(seed) for seed in args.seeds.split(","))
     except ValueError:
         raise UsageError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
+    if any(not 0 <= seed < 2**32 for seed in seeds):
+        raise UsageError(f"--seeds must be integers in [0, 2**32), got {args.seeds!r}")
     if args.study == "speakers":
         return cmd_study_speakers(args, seeds)
     model_config, train_config = None, None  # the study's tuned defaults
@@ -430,10 +485,19 @@ def cmd_study(args):
         )
         seeds = seeds[:1]
     rates = {arm: getattr(args, f"lr_{arm}") for arm in ("scratch", "pretrained", "probe")}
+    rates = {arm: rate for arm, rate in rates.items() if rate is not None}
+    try:
+        evaluation.check_transfer_study(
+            train_config, seeds=seeds, arms=tuple(args.arms.split(",")), pooling=args.pooling,
+            pretrain_steps=args.pretrain_steps, finetune_epochs=args.finetune_epochs,
+            learning_rates=rates, pretrained=args.pretrained,
+        )
+    except ValueError as error:  # a value out of range: the message names it
+        raise UsageError(str(error)) from None
     evaluation.transfer_study(
         model_config, train_config, args.run_dir, seeds=seeds,
         pretrain_steps=args.pretrain_steps, finetune_epochs=args.finetune_epochs,
-        learning_rates={arm: rate for arm, rate in rates.items() if rate is not None},
+        learning_rates=rates,
         pooling=args.pooling, pretrained=args.pretrained,
         pretrain_per_seed=args.pretrain_per_seed, arms=tuple(args.arms.split(",")),
         data_dir=args.data_dir,
@@ -528,7 +592,9 @@ def _classify_examples(saved_model):
     import tensorflow as tf
     import tensorflow_text  # noqa: F401  (registers the tokenizer's ops for the reload)
 
-    served = tf.saved_model.load(saved_model).signatures["serving_default"]
+    from keras_llm import export
+
+    served = export.load_saved_model(saved_model).signatures["serving_default"]
     outputs = served(text=tf.constant(EXAMPLES))
     for text, label, probabilities in zip(
         EXAMPLES, outputs["label"].numpy(), outputs["probabilities"].numpy()
@@ -561,6 +627,8 @@ def cmd_digits(args):
         raise UsageError(str(error)) from None
     if args.epochs is not None and args.epochs < 1:
         raise UsageError(f"--epochs must be at least 1, got {args.epochs}")
+    if args.seed is not None and not 0 <= args.seed < 2**32:
+        raise UsageError(f"--seed must be an integer in [0, 2**32), got {args.seed}")
     train = (multimodal.train_digit_classifier if args.task == "classify"
              else multimodal.train_digit_captioner)
     result = train(args.run_dir, patch_size=patch_size, epochs=args.epochs, seed=args.seed,
@@ -609,11 +677,19 @@ def main(argv=None):
     if args.command is None:
         parser.print_help()
         return 2
+    from keras_llm.run_loop import RunDirectoryInUseError
+
     try:
+        check_paths(args)
         return COMMANDS[args.command](args)
     except (UsageError, FileNotFoundError) as error:
         sys.stderr.write(f"keras-llm {args.command}: error: {error}\n")
         return 2
+    except (RunDirectoryInUseError, keras_llm.DamagedFileError, OSError) as error:
+        # another process trains into --run-dir; a file to read is truncated or altered; a
+        # write failed (full disk): the message names the file
+        sys.stderr.write(f"keras-llm {args.command}: error: {error}\n")
+        return 1
     except FloatingPointError as error:  # training.TrainingDivergedError
         sys.stderr.write(f"keras-llm {args.command}: {error}\n")
         return 1

@@ -34,7 +34,14 @@ def _check_choice(owner, name, value, choices):
         )
 
 
+def _check_number(owner, name, value):
+    """A JSON config may hold any type: refuse a non-number before comparing it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise ValueError(f"{owner}.{name} must be a number. Received {name}={value!r}.")
+
+
 def _check_fraction(owner, name, value, upper_inclusive=False):
+    _check_number(owner, name, value)
     ok = 0.0 <= value <= 1.0 if upper_inclusive else 0.0 <= value < 1.0
     if not ok:
         bound = "[0, 1]" if upper_inclusive else "[0, 1)"
@@ -332,6 +339,9 @@ class TrainConfig(_PresetMixin):
             classifier_sequence_length=self.classifier_sequence_length,
             steps_per_execution=self.steps_per_execution,
         )
+        for name in ("pretrain_learning_rate", "finetune_learning_rate", "clip_norm",
+                     "weight_decay"):
+            _check_number(owner, name, getattr(self, name))
         for name in ("pretrain_learning_rate", "finetune_learning_rate"):
             value = getattr(self, name)
             if not value > 0:
@@ -343,7 +353,10 @@ class TrainConfig(_PresetMixin):
                 "TrainConfig.finetune_steps_per_epoch must be an integer >= 0 (0: whole split). "
                 f"Received finetune_steps_per_epoch={self.finetune_steps_per_epoch!r}."
             )
-        if not 0 <= self.freeze_backbone_epochs <= self.finetune_epochs:
+        frozen = self.freeze_backbone_epochs
+        if isinstance(frozen, bool) or not isinstance(frozen, int) or not (
+            0 <= frozen <= self.finetune_epochs
+        ):
             raise ValueError(
                 "TrainConfig.freeze_backbone_epochs must be between 0 and finetune_epochs "
                 f"({self.finetune_epochs}). Received "
@@ -369,6 +382,16 @@ class TrainConfig(_PresetMixin):
         _check_choice(owner, "decay", self.decay, DECAYS)
         _check_choice(owner, "precision", self.precision, PRECISIONS)
         _check_choice(owner, "strategy", self.strategy, STRATEGIES)
+        seed = self.seed
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+            raise ValueError(  # what NumPy's and TensorFlow's seeding accept
+                f"TrainConfig.seed must be an integer in [0, 2**32). Received seed={seed!r}."
+            )
+        if not isinstance(self.jit_compile, bool):
+            raise ValueError(
+                f"TrainConfig.jit_compile must be True or False. "
+                f"Received jit_compile={self.jit_compile!r}."
+            )
         if self.strategy == "multi_worker" and (self.jit_compile or self.steps_per_execution > 1):
             raise ValueError(
                 "TrainConfig.strategy='multi_worker' needs jit_compile=False and "

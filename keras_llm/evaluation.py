@@ -525,8 +525,9 @@ def transfer_study(
     model_config = ModelConfig.coerce(
         STUDY_MODEL_CONFIG if model_config is None else model_config, "model_config"
     )
-    train_config, seeds, arms, rates = _study_settings(
-        train_config, seeds, arms, pooling, pretrain_steps, finetune_epochs, learning_rates
+    train_config, seeds, arms, rates = check_transfer_study(
+        train_config, seeds=seeds, arms=arms, pooling=pooling, pretrain_steps=pretrain_steps,
+        finetune_epochs=finetune_epochs, learning_rates=learning_rates, pretrained=pretrained,
     )
     os.makedirs(run_dir, exist_ok=True)
     neural = [arm for arm in arms if arm != "tfidf"]
@@ -601,6 +602,32 @@ def _compute_seconds(results):
     )
 
 
+def check_transfer_study(train_config=None, *, seeds=(0, 1, 2), arms=ARMS, pooling="mean",
+                         pretrain_steps=None, finetune_epochs=None, learning_rates=None,
+                         pretrained=None):
+    """Checks `transfer_study`'s arguments before anything is written or trained.
+
+    `transfer_study` calls it first; the command line calls it too, to refuse a bad flag
+    with one line. Arguments as in `transfer_study`.
+
+    Returns:
+        `(train_config, seeds, arms, learning rate per neural arm)`.
+
+    Raises:
+        ValueError: a value out of range; the message names it and what is accepted.
+        FileNotFoundError: `pretrained` is not a pretraining run directory.
+    """
+    if pretrained is not None and not os.path.isdir(
+        os.path.join(os.fspath(pretrained), training.TOKENIZER)
+    ):
+        raise FileNotFoundError(
+            f"pretrained={os.fspath(pretrained)!r} has no tokenizer/: pass a pretraining run "
+            "directory (keras-llm pretrain ...)."
+        )
+    return _study_settings(train_config, seeds, arms, pooling, pretrain_steps,
+                           finetune_epochs, learning_rates)
+
+
 def _study_settings(train_config, seeds, arms, pooling, pretrain_steps, finetune_epochs,
                     learning_rates):
     """Checks `transfer_study`'s arguments; returns `(train_config, seeds, arms, rates)`."""
@@ -610,6 +637,8 @@ def _study_settings(train_config, seeds, arms, pooling, pretrain_steps, finetune
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise ValueError("transfer_study needs at least one seed. Received seeds=().")
+    for seed in seeds:
+        dataclasses.replace(train_config, seed=seed)  # TrainConfig's check: [0, 2**32)
     requested = [arms] if isinstance(arms, str) else list(arms)
     if not requested or set(requested) - set(ARMS):
         raise ValueError(
@@ -635,6 +664,11 @@ def _study_settings(train_config, seeds, arms, pooling, pretrain_steps, finetune
         arm: float(train_config.finetune_learning_rate if rate is None else rate)
         for arm, rate in rates.items()
     }
+    bad_rates = {arm: rate for arm, rate in rates.items() if not 0 < rate < float("inf")}
+    if bad_rates:
+        raise ValueError(
+            f"learning rates must be positive and finite (e.g. 3e-4). Received {bad_rates}."
+        )
     return train_config, seeds, arms, rates
 
 

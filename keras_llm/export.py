@@ -54,7 +54,6 @@ the TFLite model takes the token ids that `Tokenizer.encode(texts, sequence_leng
 import contextlib
 import gc
 import os
-import shutil
 import tempfile
 import warnings
 
@@ -62,7 +61,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_llm._io import read_json, write_json
+from keras_llm._io import (
+    DamagedFileError,
+    atomic_directory,
+    load_keras_model,
+    read_json,
+    write_bytes,
+    write_error,
+    write_json,
+)
 from keras_llm.config import TrainConfig
 from keras_llm.models import generation
 
@@ -153,7 +160,9 @@ def _check_tokenizer(tokenizer):
             )
 
 
-def _prepare_path(path, overwrite):
+def _check_path(path, overwrite):
+    """The SavedModel directory to write: new, empty, or (with `overwrite`) a SavedModel,
+    which stays in place, whole, until the new one is complete (`_io.atomic_directory`)."""
     path = os.fspath(path)
     if os.path.exists(path):
         is_saved_model = os.path.isfile(os.path.join(path, "saved_model.pb"))
@@ -166,8 +175,18 @@ def _prepare_path(path, overwrite):
                 f"{path!r} exists and is not a SavedModel directory; refusing to delete it. "
                 "Choose an empty or new path."
             )
-        shutil.rmtree(path)
     return path
+
+
+def _write_saved_model(archive, path, metadata):
+    """Writes `archive` and its metadata into a temporary sibling of `path`, then renames it
+    into place: a crash or an error meanwhile leaves the previous export at `path` whole."""
+    try:
+        with atomic_directory(path) as partial:
+            archive.write_out(partial, verbose=False)
+            _write_metadata(partial, metadata)
+    except (OSError, tf.errors.OpError) as error:  # e.g. a full disk
+        raise write_error(error, path) from error
 
 
 def _write_metadata(path, metadata):
@@ -254,7 +273,7 @@ def export_classifier(model, tokenizer, path, label_names, sequence_length=None,
     num_classes = _num_classes(model)
     label_names = _check_label_names(label_names, num_classes)
     sequence_length = _resolve_sequence_length(model, sequence_length)
-    path = _prepare_path(path, overwrite)
+    path = _check_path(path, overwrite)
 
     archive = _export_archive()
     archive.add_endpoint(
@@ -262,8 +281,8 @@ def export_classifier(model, tokenizer, path, label_names, sequence_length=None,
         classifier_serving_function(model, tokenizer, label_names, sequence_length),
         input_signature=[tf.TensorSpec([None], tf.string, name="text")],
     )
-    archive.write_out(path, verbose=False)
-    _write_metadata(
+    _write_saved_model(
+        archive,
         path,
         {
             "kind": "classifier",
@@ -376,7 +395,7 @@ def export_generator(causal_lm, tokenizer, path, max_new_tokens_limit=None, over
             f"max_new_tokens_limit={max_new_tokens_limit!r}."
         )
     max_new_tokens_limit = int(max_new_tokens_limit)
-    path = _prepare_path(path, overwrite)
+    path = _check_path(path, overwrite)
 
     archive = _export_archive()
     archive.add_endpoint(
@@ -387,8 +406,8 @@ def export_generator(causal_lm, tokenizer, path, max_new_tokens_limit=None, over
             tf.TensorSpec([], tf.int32, name="max_new_tokens"),
         ],
     )
-    archive.write_out(path, verbose=False)
-    _write_metadata(
+    _write_saved_model(
+        archive,
         path,
         {
             "kind": "generator",
@@ -510,8 +529,7 @@ def export_tflite(model, path, sequence_length=None, quantize=None):
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
         flatbuffer = converter.convert()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "wb") as f:
-        f.write(flatbuffer)
+    write_bytes(path, flatbuffer)
     return path
 
 
@@ -549,11 +567,36 @@ def tflite_probabilities(path, token_ids, batch_size=256):
     return np.concatenate(outputs, axis=0)
 
 
+def load_saved_model(path):
+    """`tf.saved_model.load(path)`, with one error naming the folder when it is damaged.
+
+    TensorFlow checks every variable against its stored checksum; a truncated or altered
+    `variables/` file or `saved_model.pb` then fails deep inside TensorFlow (`DataLossError`,
+    `IndexError`, ...). Here that is a `DamagedFileError` that names the folder and the fix.
+
+    Raises:
+        FileNotFoundError: `path` holds no `saved_model.pb`.
+        DamagedFileError: it cannot be loaded; the message says why.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(os.path.join(path, "saved_model.pb")):
+        raise FileNotFoundError(f"No SavedModel at {path!r}: saved_model.pb is missing.")
+    try:
+        return tf.saved_model.load(path)
+    except Exception as error:  # noqa: BLE001  (TensorFlow raises many kinds for one cause)
+        reason = str(error).strip().splitlines()[-1] if str(error).strip() else ""
+        raise DamagedFileError(
+            f"The SavedModel at {path} is damaged (truncated or altered) and cannot be "
+            f"loaded: {type(error).__name__}: {reason[:300]}. Export it again "
+            "(keras-llm export RUN_DIR)."
+        ) from error
+
+
 def saved_model_probabilities(path_or_signature, texts, batch_size=256):
     """Runs an exported classifier's `serving_default` on a list of strings; `(n, classes)`."""
     serve = path_or_signature
     if not callable(serve):
-        serve = tf.saved_model.load(os.fspath(serve)).signatures[SIGNATURE]
+        serve = load_saved_model(serve).signatures[SIGNATURE]
     outputs = [
         serve(text=tf.constant(list(texts[i : i + batch_size]), tf.string))["probabilities"]
         for i in range(0, len(texts), batch_size)
@@ -674,22 +717,25 @@ def export_all(
             f"{RUN_CLASSIFIER} (fine-tuning) or {RUN_CAUSAL_LM} (pretraining). Train one with "
             "`keras-llm finetune` first."
         )
-    os.makedirs(output_dir, exist_ok=True)
+    # Everything is read (and a bad split refused) before anything is written.
     tokenizer = llm_data.Tokenizer.load(tokenizer_dir)
+    if has_classifier:
+        model, label_names, sequence_length = _load_classifier_run(run_dir, classifier_path)
+        if data is None and os.path.isfile(os.path.join(run_dir, RUN_METADATA)):
+            data = read_json(os.path.join(run_dir, RUN_METADATA)).get("dataset")
+        if data is not None:
+            texts, labels = llm_data.load_texts_and_labels(data, split, data_dir)
+    os.makedirs(output_dir, exist_ok=True)
     tokenizer.save(os.path.join(output_dir, TOKENIZER_DIR))
     artifacts = {}
     report = {"run_dir": run_dir, "output_dir": output_dir}
 
     if has_classifier:
-        model, label_names, sequence_length = _load_classifier_run(run_dir, classifier_path)
         report.update(label_names=label_names, sequence_length=sequence_length)
         artifacts.update(_export_classifier_files(
             model, tokenizer, output_dir, label_names, sequence_length, quantize, tflite
         ))
-        if data is None and os.path.isfile(os.path.join(run_dir, RUN_METADATA)):
-            data = read_json(os.path.join(run_dir, RUN_METADATA)).get("dataset")
         if data is not None:
-            texts, labels = llm_data.load_texts_and_labels(data, split, data_dir)
             report["evaluation"] = {
                 "data": data,
                 "split": split,
@@ -700,7 +746,7 @@ def export_all(
             }
 
     if has_causal_lm:
-        causal_lm = keras.models.load_model(causal_lm_path, compile=False)
+        causal_lm = load_keras_model(causal_lm_path, compile=False)
         artifacts[GENERATOR_DIR] = export_generator(
             causal_lm, tokenizer, os.path.join(output_dir, GENERATOR_DIR), max_new_tokens_limit
         )
@@ -723,7 +769,7 @@ def _load_classifier_run(run_dir, classifier_path):
             )
     label_names = read_json(labels_path)
     sequence_length = TrainConfig.load(config_path).classifier_sequence_length
-    return keras.models.load_model(classifier_path, compile=False), label_names, sequence_length
+    return load_keras_model(classifier_path, compile=False), label_names, sequence_length
 
 
 def _export_classifier_files(model, tokenizer, output_dir, label_names, sequence_length,

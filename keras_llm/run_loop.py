@@ -29,18 +29,25 @@ Run directory file names are defined here, once (`training` re-exports them).
 """
 
 import contextlib
+import csv
 import dataclasses
 import json
 import os
 import shutil
+import sys
 import time
+
+try:
+    import fcntl
+except ImportError:  # Windows: no run-directory lock
+    fcntl = None
 
 import keras
 import tensorflow as tf
 
 from keras_llm import callbacks as llm_callbacks
 from keras_llm import hardware, plots
-from keras_llm._io import read_json, write_json
+from keras_llm._io import hostname, load_keras_model, read_json, write_json
 from keras_llm.config import TrainConfig
 from keras_llm.models.distribute import barrier, check_keras_model, multi_worker_mode
 from keras_llm.optimizers import adamw
@@ -55,10 +62,67 @@ STEPS = "steps.csv"
 BACKUP = "backup"
 LOGS = "logs"
 WORKERS = "workers"
+LOCK = "run.lock"
 
 
 class TrainingDivergedError(FloatingPointError):
     """The loss became NaN or infinite; the message names the step."""
+
+
+class RunDirectoryInUseError(RuntimeError):
+    """Another running process trains into the run directory; the message names it."""
+
+
+_held_locks = {}  # run directory (real path) -> open lock file, held by this process
+
+
+def lock_run_directory(run_dir):
+    """Takes `run_dir/run.lock` for this process: one writer per run directory.
+
+    The lock is an exclusive `flock` on the file, which holds the owner's pid and host;
+    the kernel releases it when the owner exits, however it exits (`kill -9` included), so
+    a crashed run never leaves a stale lock, and the next run says whose lock it took over.
+    A resumed run (`BackupAndRestore`) takes it like a fresh one. Released by
+    `unlock_run_directory` (`TrainingRun.finish`).
+
+    Raises:
+        RunDirectoryInUseError: a live process holds the lock; the message names it.
+    """
+    if fcntl is None:
+        return
+    key = os.path.realpath(run_dir)
+    unlock_run_directory(run_dir)  # this process's earlier run here ended without finish()
+    path = os.path.join(run_dir, LOCK)
+    lock = open(path, "a+", encoding="utf-8")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        owner = lock.read().strip() or "another process"
+        lock.close()
+        raise RunDirectoryInUseError(
+            f"{run_dir} is in use by {owner}, which is still training into it. Wait for it "
+            "to finish, stop it, or choose another run directory (--run-dir)."
+        ) from None
+    lock.seek(0)
+    previous = lock.read().strip()
+    if previous:  # its owner ended without releasing it: killed, or crashed
+        print(f"keras_llm: {run_dir} was locked by {previous}, which is no longer running; "
+              "taking the lock over", file=sys.stderr, flush=True)
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"process {os.getpid()} on {hostname()}\n")
+    lock.flush()
+    _held_locks[key] = lock
+
+
+def unlock_run_directory(run_dir):
+    """Releases this process's lock on `run_dir` (emptied: no owner), if it holds one."""
+    lock = _held_locks.pop(os.path.realpath(run_dir), None)
+    if lock is not None:
+        lock.seek(0)
+        lock.truncate()
+        lock.close()  # closing releases the flock
 
 
 @dataclasses.dataclass
@@ -213,9 +277,10 @@ class TrainingRun:
         verbose: passed to `fit`.
 
     Creating it picks the `tf.distribute` strategy first (a multi-worker strategy must
-    exist before TensorFlow runs any operation), creates `run_dir` and seeds Python, NumPy
-    and TensorFlow with `train_config.seed`. On a worker other than the chief of a
-    multi-worker cluster, `run_dir` becomes that worker's own `run_dir/workers/worker-<i>`
+    exist before TensorFlow runs any operation), creates `run_dir`, locks it against a
+    second writer (`lock_run_directory`; `finish` releases it) and seeds Python, NumPy and
+    TensorFlow with `train_config.seed`. On a worker other than the chief of a multi-worker
+    cluster, `run_dir` becomes that worker's own `run_dir/workers/worker-<i>`
     (`worker_directory`): its checkpoints and backup, never the chief's files.
     """
 
@@ -226,6 +291,7 @@ class TrainingRun:
         self.run_dir = worker_directory(os.fspath(run_dir))
         self.verbose = verbose
         os.makedirs(self.run_dir, exist_ok=True)
+        lock_run_directory(self.run_dir)  # each worker's own directory (the chief's: run_dir)
         keras.utils.set_random_seed(self.train_config.seed)
         self.stopper = llm_callbacks.StopOnNonFiniteLoss()
         self.step_logger = None
@@ -282,7 +348,8 @@ class TrainingRun:
                 model.optimizer.iterations.assign(step)
 
     def callbacks(self, schedule_steps, learning_rate, *, checkpoint, monitor=None,
-                  mode="auto", tokens=None, peak_flops=None, tensorboard=True, extra=()):
+                  mode="auto", tokens=None, peak_flops=None, tensorboard=True, extra=(),
+                  backup=False):
         """Assembles the callbacks `fit` uses; returns them.
 
         Args:
@@ -290,15 +357,20 @@ class TrainingRun:
             learning_rate: float. Its peak.
             checkpoint: str. Where the kept model is saved.
             monitor: str or None. Keep the best epoch by this validation metric
-                (`ModelCheckpoint`, `mode` "min", "max" or "auto"); None keeps the last
+                (`ModelCheckpoint`, `mode` "min", "max" or "auto"; saved under a temporary
+                name and renamed into place, `PublishCheckpoint`); None keeps the last
                 epoch with a finite loss and backs the run up to resume it after a crash
                 (`BackupAndRestore` in `backup/`; the CSV logs are then appended to).
             tokens: `(batch_size, sequence_length)` or None. Logs tokens/s, FLOP/s, MFU.
             peak_flops: float or None. Peak FLOP/s of the hardware, for MFU.
             tensorboard: bool. TensorBoard logs in `logs/`.
             extra: the caller's Keras callbacks, run after these.
+            backup: bool. With a `monitor`, also back the run up (`BackupAndRestore`) so
+                that a run started again after a crash resumes from its last epoch, and
+                the kept epoch is still the best of all (`ModelCheckpoint` starts from the
+                best value in `history.csv`). For one `fit` call only. Defaults to `False`.
         """
-        resuming = monitor is None and self.resume_epoch() > 0
+        resuming = self.resume_epoch() > 0
         self.checkpoint = checkpoint
         self.step_logger = llm_callbacks.StepLogger(self.path(STEPS), append=resuming)
         callbacks = schedule_callbacks(self.train_config, schedule_steps, learning_rate)
@@ -318,12 +390,35 @@ class TrainingRun:
                 # Last among ours: it backs up after the checkpoint of the same epoch.
                 keras.callbacks.BackupAndRestore(self.path(BACKUP)),
             ]
-        else:
-            callbacks.append(keras.callbacks.ModelCheckpoint(
-                checkpoint, monitor=monitor, mode=mode, save_best_only=True
-            ))
+        else:  # written under a temporary name, renamed into place when complete
+            directory, name = os.path.split(checkpoint)
+            partial = os.path.join(directory, f".{name}.partial.keras")
+            callbacks += [
+                keras.callbacks.ModelCheckpoint(
+                    partial, monitor=monitor, mode=mode, save_best_only=True,
+                    initial_value_threshold=self._best_so_far(monitor, mode) if resuming
+                    else None,
+                ),
+                llm_callbacks.PublishCheckpoint(partial, checkpoint),
+            ]
+            if backup:  # last among ours: it backs up after the checkpoint of the epoch
+                callbacks.append(keras.callbacks.BackupAndRestore(self.path(BACKUP)))
         self.fit_callbacks = [*callbacks, *extra]
         return self.fit_callbacks
+
+    def _best_so_far(self, monitor, mode):
+        """The best `monitor` value of the epochs a resumed run already finished (from
+        `history.csv`), or None."""
+        path = self.path(HISTORY)
+        if mode not in ("min", "max") or not os.path.exists(path):
+            return None
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        values = [float(row[monitor]) for row in rows
+                  if monitor in row and int(row["epoch"]) < self.resume_epoch()]
+        if not values:
+            return None
+        return max(values) if mode == "max" else min(values)
 
     def fit(self, model, x, y=None, **fit_args):
         """`model.fit` with the run's callbacks; tf.data sets are split by batch across
@@ -343,7 +438,7 @@ class TrainingRun:
     def restore_best(self, model):
         """Loads the kept epoch's weights into `model` (after `raise_if_diverged`)."""
         self.raise_if_diverged()
-        best = keras.models.load_model(self.checkpoint, compile=False)
+        best = load_keras_model(self.checkpoint, compile=False)
         model.set_weights(best.get_weights())
 
     def evaluate(self, model, x, y=None, *, prefix="", **evaluate_args):
@@ -363,6 +458,7 @@ class TrainingRun:
         seconds = time.perf_counter() - self.started
         metrics["seconds"] = seconds
         write_json(self.path(METRICS), metrics)
+        unlock_run_directory(self.run_dir)
         barrier(self.strategy)  # every worker returns after the chief's files are written
         if tokenizer is not None:
             model.tokenizer = tokenizer

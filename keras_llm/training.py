@@ -17,6 +17,8 @@ Every run writes into its `run_dir`:
     logs/                                   TensorBoard
     checkpoints/                            last good checkpoint (finite loss only)
     backup/                                 BackupAndRestore state while a run is unfinished
+    run.lock                                "process PID on HOST" while a run trains (empty
+                                            after; a second writer is refused)
     loss.png, learning_rate.png, grad_norm.png
 """
 
@@ -33,7 +35,7 @@ import tensorflow as tf
 from keras_llm import data as llm_data
 from keras_llm import metrics as llm_metrics
 from keras_llm import presets
-from keras_llm._io import write_json
+from keras_llm._io import load_keras_model, save_keras_model, write_json
 from keras_llm.callbacks import FiniteCheckpoint, StepLogger, StopOnNonFiniteLoss  # noqa: F401
 from keras_llm.config import ModelConfig, TrainConfig
 from keras_llm.models import CausalLM, Classifier, MaskedLM, TransformerBackbone
@@ -184,8 +186,8 @@ def pretrain(
 
     model.tokenizer = tokenizer
     if is_chief():
-        model.backbone.save(run.path(BACKBONE))
-        model.save(run.path(model_file))
+        save_keras_model(model.backbone, run.path(BACKBONE))
+        save_keras_model(model, run.path(model_file))
     return run.finish(model, metrics, history, tokenizer)
 
 
@@ -311,7 +313,7 @@ def _pretrained_paths(pretrained):
 
 def load_pretrained_backbone(path):
     """Loads a backbone `.keras` file and proves every weight came from it."""
-    backbone = keras.models.load_model(path, compile=False)
+    backbone = load_keras_model(path, compile=False)
     if isinstance(backbone, CausalLM):
         backbone = backbone.backbone
     if not isinstance(backbone, TransformerBackbone):
@@ -385,6 +387,8 @@ def finetune(
         "pooling": pooling,
     })
     splits = _classification_splits(train_pairs, data, data_dir, tokenizer, train_config)
+    if _resumable(train_config):  # a resumed run skips exactly the batches it trained on
+        splits.train = splits.train.skip(run.resume_epoch() * splits.steps_per_epoch)
 
     with run.policy():
         with run.strategy.scope():
@@ -407,7 +411,7 @@ def finetune(
             splits.steps_per_epoch * train_config.finetune_epochs,
             train_config.finetune_learning_rate, checkpoint=run.path(CLASSIFIER),
             monitor="val_f1", mode="max", tokens=(train_config.batch_size, splits.width),
-            peak_flops=peak_flops, extra=callbacks,
+            peak_flops=peak_flops, extra=callbacks, backup=_resumable(train_config),
         )
         history = _fit_in_phases(run, model, splits, num_classes)
         run.restore_best(model)
@@ -445,6 +449,13 @@ def _pretrained_record(preset, backbone_path):
     if preset is not None:
         return preset if preset in presets.PRESETS else os.path.abspath(preset)
     return os.path.abspath(backbone_path) if backbone_path else None
+
+
+def _resumable(train_config):
+    """Whether a fine-tuning run resumes after a crash (`BackupAndRestore`): one `fit` call
+    (no frozen-backbone phase) over a repeated data set of fixed steps per epoch, whose
+    batches a resumed run can skip exactly. Otherwise a run started again starts over."""
+    return train_config.finetune_steps_per_epoch > 0 and not train_config.freeze_backbone_epochs
 
 
 @dataclasses.dataclass
@@ -532,7 +543,7 @@ def load_run(run_dir):
     for name in (CLASSIFIER, CAUSAL_LM, MASKED_LM):
         path = os.path.join(run_dir, name)
         if os.path.exists(path):
-            model = keras.models.load_model(path)
+            model = load_keras_model(path)
             model.tokenizer = llm_data.Tokenizer.load(os.path.join(run_dir, TOKENIZER))
             return model
     raise FileNotFoundError(

@@ -9,9 +9,11 @@ real review text, writes a run directory and runs `export_all` on it once.
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
+import time
 
 import keras
 import numpy as np
@@ -411,3 +413,97 @@ def test_export_arguments_are_checked(run, tokenizer, tmp_path):
         export.export_generator(run["causal_lm"], tokenizer, tmp_path / "g", 32)
     with pytest.raises(FileNotFoundError, match="not a keras_llm run directory"):
         export.export_all(tmp_path)
+
+
+def test_a_bad_split_is_refused_before_anything_is_written(run, reviews, tmp_path):
+    output = tmp_path / "export"
+    with pytest.raises(llm_data.UnknownSplitError, match="rotten_tomatoes has no split 'nope'"):
+        export.export_all(os.path.dirname(run["dir"]), output_dir=str(output),
+                          data="rotten_tomatoes", split="nope", data_dir=reviews["data_dir"])
+    assert not output.exists()
+
+
+# -- reliability: a failed or killed export leaves the previous one whole (issue 18) ---------
+
+RELOAD_TEXTS = ["a gripping, funny film", "dull", ""]
+
+
+def _served_probabilities(path):
+    return export.saved_model_probabilities(str(path), RELOAD_TEXTS)
+
+
+def _siblings(path):
+    return sorted(os.listdir(os.path.dirname(path)))
+
+
+def test_a_failed_export_leaves_the_previous_export_whole(run, tokenizer, tmp_path,
+                                                          monkeypatch):
+    path = str(tmp_path / "classifier")
+    export.export_classifier(run["classifier"], tokenizer, path, LABELS, SEQUENCE_LENGTH)
+    before = _served_probabilities(path)
+    other = export.clone_model(run["classifier"])
+    other.set_weights([w + 0.5 for w in other.get_weights()])
+
+    def fail(partial, metadata):  # the variables are written, the export is not finished
+        assert os.path.isfile(os.path.join(partial, "saved_model.pb"))
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(export, "_write_metadata", fail)
+    with pytest.raises(OSError, match="No space left"):
+        export.export_classifier(other, tokenizer, path, LABELS, SEQUENCE_LENGTH)
+    np.testing.assert_array_equal(_served_probabilities(path), before)
+    assert export.read_metadata(path)["kind"] == "classifier"
+    assert _siblings(path) == ["classifier"]  # no partial directory left behind
+    monkeypatch.undo()
+    # The next export replaces it whole.
+    export.export_classifier(other, tokenizer, path, LABELS, SEQUENCE_LENGTH)
+    assert not np.allclose(_served_probabilities(path), before)
+    assert _siblings(path) == ["classifier"]
+
+
+KILLED_EXPORT = textwrap.dedent("""
+    import os, sys
+    import keras
+    from keras_llm import data, export
+    run_dir, path = sys.argv[1:3]
+    model = keras.models.load_model(os.path.join(run_dir, "classifier.keras"), compile=False)
+    tokenizer = data.Tokenizer.load(os.path.join(run_dir, "tokenizer"))
+    model.set_weights([w + 0.5 for w in model.get_weights()])
+    while True:  # exported again and again until the test kills this process
+        export.export_classifier(model, tokenizer, path, ["rotten", "fresh"], 24)
+""")
+
+
+@pytest.mark.slow
+def test_kill_9_during_export_leaves_the_previous_export_whole(run, tmp_path):
+    path = str(tmp_path / "classifier")
+    previous = os.path.join(run["dir"], export.CLASSIFIER_DIR)
+    shutil.copytree(previous, path)
+    before = _served_probabilities(path)
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2")
+    process = subprocess.Popen(
+        [sys.executable, "-c", KILLED_EXPORT, os.path.dirname(run["dir"]), path], env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 240
+    try:
+        while not any(name.startswith(".classifier.partial-") for name in _siblings(path)):
+            assert process.poll() is None, process.stderr.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "the export never started"
+            time.sleep(0.02)
+        time.sleep(0.3)  # into the writing of the variables
+    finally:
+        process.kill()
+        process.wait()
+    assert any(name.startswith(".classifier.partial-") for name in _siblings(path))
+    np.testing.assert_array_equal(_served_probabilities(path), before)
+    # The killed writer's partial directory is removed by the next export of that name.
+    export.export_classifier(run["classifier"], run_tokenizer(run), path, LABELS,
+                             SEQUENCE_LENGTH)
+    assert _siblings(path) == ["classifier"]
+    np.testing.assert_allclose(_served_probabilities(path), before, atol=1e-6)
+
+
+def run_tokenizer(run):
+    return llm_data.Tokenizer.load(os.path.join(os.path.dirname(run["dir"]),
+                                                export.RUN_TOKENIZER))

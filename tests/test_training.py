@@ -164,9 +164,9 @@ RUN_SCRIPT = textwrap.dedent(
 )
 
 
-def _run(args, env=None, check=True):
+def _run(args, env=None, check=True, script=RUN_SCRIPT):
     completed = subprocess.run(
-        [sys.executable, "-c", RUN_SCRIPT, *map(str, args)],
+        [sys.executable, "-c", script, *map(str, args)],
         capture_output=True, text=True, env=env, cwd=REPO, timeout=600,
     )
     if check and completed.returncode != 0:
@@ -196,6 +196,41 @@ def test_kill_minus_nine_then_rerun_reaches_the_uninterrupted_weights(
         np.testing.assert_allclose(a, b, atol=1e-6)
     steps = [int(r["step"]) for r in _steps(tmp_path / "resumed")]
     assert steps == list(range(1, 13))  # the step log continues, no step twice
+
+
+# The same, fine-tuning: a classifier on the pretrained run, 3 epochs of 3 steps.
+FINETUNE_SCRIPT = RUN_SCRIPT.replace(
+    """result = training.pretrain(
+    ModelConfig.preset("tiny", vocabulary_size=512),
+    TrainConfig.preset("tiny", pretrain_steps=12),
+    run_dir=run_dir, tokenizer=tokenizer, data_dir=data_dir, steps_per_epoch=3,""",
+    """result = training.finetune(
+    TrainConfig.preset("tiny", finetune_epochs=3, finetune_steps_per_epoch=3),
+    run_dir=run_dir, pretrained=os.path.dirname(tokenizer), data_dir=data_dir,""",
+)
+
+
+@pytest.mark.slow
+def test_kill_minus_nine_during_finetuning_then_rerun_reaches_the_uninterrupted_weights(
+    pretrained_run, data_dir, tmp_path
+):
+    assert FINETUNE_SCRIPT != RUN_SCRIPT
+    tokenizer = os.path.join(pretrained_run, "tokenizer")
+    args = [tokenizer, data_dir]
+    _run([tmp_path / "straight", *args, -1, tmp_path / "straight.npz"], script=FINETUNE_SCRIPT)
+    killed = _run([tmp_path / "resumed", *args, 1, tmp_path / "x.npz"], check=False,
+                  script=FINETUNE_SCRIPT)
+    assert killed.returncode == -9  # really killed after its second epoch
+    assert os.path.exists(tmp_path / "resumed" / "backup")
+    _run([tmp_path / "resumed", *args, -1, tmp_path / "resumed.npz"], script=FINETUNE_SCRIPT)
+    # The kept (best) epoch's weights, restored at the end: the same as never interrupted.
+    straight, resumed = _weights(tmp_path / "straight.npz"), _weights(tmp_path / "resumed.npz")
+    assert len(straight) == len(resumed)
+    for a, b in zip(straight, resumed):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    history = (tmp_path / "resumed" / "history.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in history[1:]] == ["0", "1", "2"]
+    assert not os.path.exists(tmp_path / "resumed" / "backup")
 
 
 MIRRORED_SCRIPT = textwrap.dedent(

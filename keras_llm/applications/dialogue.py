@@ -51,7 +51,7 @@ import tensorflow as tf
 from keras_llm import data as llm_data
 from keras_llm import metrics as llm_metrics
 from keras_llm import training
-from keras_llm._io import read_json, write_json
+from keras_llm._io import load_keras_model, read_json, write_json
 from keras_llm.models import CausalLM
 
 DIALOGUE = "dialogue.json"
@@ -388,7 +388,7 @@ def load_generator(run_dir):
         `(model, info)`, `info` as `run_info` gives it.
     """
     info = run_info(run_dir)
-    model = keras.models.load_model(os.path.join(run_dir, training.CAUSAL_LM), compile=False)
+    model = load_keras_model(os.path.join(run_dir, training.CAUSAL_LM), compile=False)
     if not isinstance(model, CausalLM):
         raise ValueError(f"{run_dir!r} does not hold a keras_llm CausalLM.")
     model.tokenizer = llm_data.Tokenizer.load(os.path.join(run_dir, training.TOKENIZER))

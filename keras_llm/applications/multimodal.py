@@ -39,6 +39,7 @@ import keras
 import numpy as np
 
 from keras_llm import evaluation, plots, training
+from keras_llm._io import load_keras_model
 from keras_llm.config import ModelConfig, TrainConfig
 from keras_llm.data import digits
 from keras_llm.models.vision import ImageBackbone, ImageCaptioner, ImageClassifier
@@ -544,7 +545,7 @@ def load_digit_run(run_dir):
     for name in (CAPTIONER_FILE, CLASSIFIER_FILE):
         path = os.path.join(run_dir, name)
         if os.path.exists(path):
-            model = keras.models.load_model(path)
+            model = load_keras_model(path)
             tokenizer_dir = os.path.join(run_dir, training.TOKENIZER)
             tokenizer = (
                 llm_data.Tokenizer.load(tokenizer_dir) if os.path.isdir(tokenizer_dir) else None

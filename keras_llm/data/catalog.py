@@ -230,6 +230,10 @@ _DATASETS = {
 }
 
 
+class UnknownSplitError(ValueError):
+    """A split name or expression the data set does not have; the message lists its splits."""
+
+
 def supported_datasets(task=CLASSIFICATION):
     """Returns the sorted names supported for `task` (`"classification"`, `"pretraining"` or
     `"dialogue"`)."""
@@ -345,15 +349,23 @@ def _load(spec, split, data_dir):
     data_dir = resolve_data_dir(data_dir)
     if spec.offline:
         _prepare_offline(spec, data_dir)
-    return tfds.load(
-        spec.tfds_name,
-        split=spec.splits.get(split, split),
-        data_dir=data_dir,
-        shuffle_files=False,
-        # tfds' automatic in-memory cache warns whenever a pipeline stops early (take(n));
-        # our offline data sets read in well under a second without it.
-        read_config=tfds.ReadConfig(try_autocache=False),
-    )
+    try:
+        return tfds.load(
+            spec.tfds_name,
+            split=spec.splits.get(split, split),
+            data_dir=data_dir,
+            shuffle_files=False,
+            # tfds' automatic in-memory cache warns whenever a pipeline stops early (take(n));
+            # our offline data sets read in well under a second without it.
+            read_config=tfds.ReadConfig(try_autocache=False),
+        )
+    except ValueError as error:
+        if "split" not in str(error):
+            raise
+        raise UnknownSplitError(
+            f"{spec.name} has no split {split!r}: use one of {sorted(spec.splits)} or a tfds "
+            f"split expression such as 'train[:10%]' (tfds: {error})"
+        ) from None
 
 
 def _text(example, fields):

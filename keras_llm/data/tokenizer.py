@@ -39,7 +39,7 @@ import keras
 import tensorflow as tf
 import tensorflow_text as tf_text
 
-from keras_llm._io import read_json, write_json
+from keras_llm._io import DamagedFileError, read_json, write_json, write_text
 
 PAD_TOKEN, UNK_TOKEN, START_TOKEN, END_TOKEN = "[PAD]", "[UNK]", "[BOS]", "[EOS]"
 RESERVED_TOKENS = (PAD_TOKEN, UNK_TOKEN, START_TOKEN, END_TOKEN)
@@ -405,8 +405,8 @@ class Tokenizer(keras.layers.Layer):
     def save(self, directory):
         """Writes `vocabulary.txt` (one token a line) and `tokenizer.json` into `directory`."""
         os.makedirs(directory, exist_ok=True)
-        with open(os.path.join(directory, VOCABULARY_FILE), "w", encoding="utf-8") as f:
-            f.write("".join(token + "\n" for token in self.vocabulary))
+        write_text(os.path.join(directory, VOCABULARY_FILE),
+                   "".join(token + "\n" for token in self.vocabulary))
         config = {"lowercase": self.lowercase, "vocabulary_size": self.vocabulary_size}
         # Written only when not the default: keras_llm's own tokenizers save as before.
         if self.whitespace != "split":
@@ -430,17 +430,41 @@ class Tokenizer(keras.layers.Layer):
                 f"No tokenizer in {directory!r}: {VOCABULARY_FILE} is missing. Save one with "
                 "`tokenizer.save(directory)`."
             )
-        with open(vocabulary_path, encoding="utf-8") as f:
-            vocabulary = f.read().split("\n")[:-1]
+        with open(vocabulary_path, "rb") as f:
+            raw = f.read()
         config_path = os.path.join(directory, CONFIG_FILE)
         config = read_json(config_path) if os.path.isfile(config_path) else {}
-        return cls(
-            vocabulary,
-            lowercase=config.get("lowercase", True),
-            whitespace=config.get("whitespace", "split"),
-            special_tokens=config.get("special_tokens"),
-            bert_normalization=config.get("bert_normalization", False),
-        )
+        damaged = f"{vocabulary_path} is damaged (truncated or altered)"
+        try:
+            vocabulary = raw.decode("utf-8").split("\n")
+        except UnicodeDecodeError as error:
+            raise DamagedFileError(f"{damaged}: it is not UTF-8 ({error}).") from None
+        if vocabulary[-1] != "":
+            raise DamagedFileError(f"{damaged}: its last line is cut off ({vocabulary[-1]!r}).")
+        vocabulary = vocabulary[:-1]
+        if not isinstance(config, dict):
+            raise DamagedFileError(
+                f"{config_path} must hold a JSON object. Received {config!r:.100}."
+            )
+        expected = config.get("vocabulary_size")
+        if expected is not None and expected != len(vocabulary):
+            raise DamagedFileError(
+                f"{damaged}: it holds {len(vocabulary)} tokens but {config_path} says "
+                f"vocabulary_size={expected!r}. Restore the tokenizer folder (or train the run "
+                "again); a different vocabulary would silently give different ids."
+            )
+        try:
+            return cls(
+                vocabulary,
+                lowercase=config.get("lowercase", True),
+                whitespace=config.get("whitespace", "split"),
+                special_tokens=config.get("special_tokens"),
+                bert_normalization=config.get("bert_normalization", False),
+            )
+        except ValueError as error:
+            raise DamagedFileError(
+                f"The tokenizer in {directory} cannot be loaded: {error}"
+            ) from None
 
     @classmethod
     def from_preset(cls, preset):
