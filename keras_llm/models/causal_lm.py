@@ -3,8 +3,7 @@
 import keras
 
 from keras_llm.models import generation
-from keras_llm.models.backbone import TransformerBackbone
-from keras_llm.models.language_model import LanguageModel
+from keras_llm.models.language_model import LanguageModel, backbone_config
 
 
 @keras.saving.register_keras_serializable(package="keras_llm")
@@ -27,18 +26,13 @@ class CausalLM(LanguageModel):
     """
 
     def __init__(self, backbone, **kwargs):
-        if not isinstance(backbone, TransformerBackbone):
-            raise ValueError(
-                "CausalLM needs a keras_llm.models.TransformerBackbone. "
-                f"Received backbone={backbone!r}."
-            )
-        config = backbone.model_config
+        config = backbone_config("CausalLM", backbone)
         if not config.causal or config.norm_position != "pre" or config.embedding_norm:
             raise ValueError(
                 "CausalLM needs a GPT-style backbone (causal=True, norm_position='pre', "
                 f"embedding_norm=False). Received causal={config.causal}, norm_position="
                 f"{config.norm_position!r}, embedding_norm={config.embedding_norm}: a "
-                "BERT-style encoder is for Classifier."
+                "BERT-style encoder is for Classifier or MaskedLM."
             )
         # === Layers ===
         self.backbone = backbone

@@ -4,9 +4,18 @@ restored on load, a tokenizer slot, and (de)serialisation around one backbone.""
 import keras
 
 from keras_llm.models.attached import AttachedTokenizer
-from keras_llm.models.backbone import with_backbone_deserialized
+from keras_llm.models.backbone import TransformerBackbone, with_backbone_deserialized
 from keras_llm.models.distribute import MultiWorkerFix
 from keras_llm.models.losses import TokenCrossEntropy
+
+
+def backbone_config(owner, backbone):
+    """`backbone.model_config`, after checking `backbone` is a `TransformerBackbone`."""
+    if not isinstance(backbone, TransformerBackbone):
+        raise ValueError(
+            f"{owner} needs a keras_llm.models.TransformerBackbone. Received backbone={backbone!r}."
+        )
+    return backbone.model_config
 
 
 class LanguageModel(MultiWorkerFix, keras.Model):

@@ -2,8 +2,7 @@
 
 import keras
 
-from keras_llm.models.backbone import TransformerBackbone
-from keras_llm.models.language_model import LanguageModel
+from keras_llm.models.language_model import LanguageModel, backbone_config
 
 
 @keras.saving.register_keras_serializable(package="keras_llm")
@@ -26,12 +25,7 @@ class MaskedLM(LanguageModel):
     """
 
     def __init__(self, backbone, **kwargs):
-        if not isinstance(backbone, TransformerBackbone):
-            raise ValueError(
-                "MaskedLM needs a keras_llm.models.TransformerBackbone. "
-                f"Received backbone={backbone!r}."
-            )
-        config = backbone.model_config
+        config = backbone_config("MaskedLM", backbone)
         if config.causal:
             raise ValueError(
                 "MaskedLM needs a bidirectional encoder: ModelConfig(..., causal=False). A "
