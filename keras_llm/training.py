@@ -387,8 +387,8 @@ def finetune(
         "pooling": pooling,
     })
     splits = _classification_splits(train_pairs, data, data_dir, tokenizer, train_config)
-    if _resumable(train_config):  # a resumed run skips exactly the batches it trained on
-        splits.train = splits.train.skip(run.resume_epoch() * splits.steps_per_epoch)
+    if _resumable(train_config):
+        splits.train = _resume_data(splits, run.resume_epoch(), train_config)
 
     with run.policy():
         with run.strategy.scope():
@@ -452,10 +452,27 @@ def _pretrained_record(preset, backbone_path):
 
 
 def _resumable(train_config):
-    """Whether a fine-tuning run resumes after a crash (`BackupAndRestore`): one `fit` call
-    (no frozen-backbone phase) over a repeated data set of fixed steps per epoch, whose
-    batches a resumed run can skip exactly. Otherwise a run started again starts over."""
-    return train_config.finetune_steps_per_epoch > 0 and not train_config.freeze_backbone_epochs
+    """Whether a fine-tuning run resumes after a crash (`BackupAndRestore`): every run with
+    one `fit` call, i.e. no frozen-backbone phase. A run with a frozen phase started again
+    starts over."""
+    return not train_config.freeze_backbone_epochs
+
+
+def _resume_data(splits, resumed_epochs, train_config):
+    """The training batches a run resumed after `resumed_epochs` epochs must see: exactly
+    those an uninterrupted run would see from there on.
+
+    A repeated data set (fixed steps per epoch, or length buckets) skips the batches already
+    trained on. A data set read once an epoch draws its shuffle order and augmentation seeds
+    afresh each time an iterator is made from it (`reshuffle_each_iteration`); making (and
+    dropping) one iterator per finished epoch moves those draws to where the uninterrupted
+    run was, without reading any data.
+    """
+    if train_config.finetune_steps_per_epoch or train_config.length_buckets:
+        return splits.train.skip(resumed_epochs * splits.steps_per_epoch)
+    for _ in range(resumed_epochs):
+        iter(splits.train)
+    return splits.train
 
 
 @dataclasses.dataclass

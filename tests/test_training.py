@@ -210,19 +210,31 @@ FINETUNE_SCRIPT = RUN_SCRIPT.replace(
 )
 
 
+# Epochs of one pass over the training split (the `small` and `checkpoint` presets' kind):
+# a resumed run cannot skip batches of a repeated stream; it moves the shuffle and
+# augmentation draws on by one iterator per finished epoch instead.
+ONE_PASS_SCRIPT = FINETUNE_SCRIPT.replace(
+    'TrainConfig.preset("tiny", finetune_epochs=3, finetune_steps_per_epoch=3)',
+    'TrainConfig.preset("tiny", finetune_epochs=3, batch_size=256, augment_delete=0.1, '
+    'augment_mask=0.1)',
+)
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("script", [FINETUNE_SCRIPT, ONE_PASS_SCRIPT],
+                         ids=["fixed-steps", "one-pass"])
 def test_kill_minus_nine_during_finetuning_then_rerun_reaches_the_uninterrupted_weights(
-    pretrained_run, data_dir, tmp_path
+    pretrained_run, data_dir, tmp_path, script
 ):
-    assert FINETUNE_SCRIPT != RUN_SCRIPT
+    assert FINETUNE_SCRIPT != RUN_SCRIPT and ONE_PASS_SCRIPT != FINETUNE_SCRIPT
     tokenizer = os.path.join(pretrained_run, "tokenizer")
     args = [tokenizer, data_dir]
-    _run([tmp_path / "straight", *args, -1, tmp_path / "straight.npz"], script=FINETUNE_SCRIPT)
+    _run([tmp_path / "straight", *args, -1, tmp_path / "straight.npz"], script=script)
     killed = _run([tmp_path / "resumed", *args, 1, tmp_path / "x.npz"], check=False,
-                  script=FINETUNE_SCRIPT)
+                  script=script)
     assert killed.returncode == -9  # really killed after its second epoch
     assert os.path.exists(tmp_path / "resumed" / "backup")
-    _run([tmp_path / "resumed", *args, -1, tmp_path / "resumed.npz"], script=FINETUNE_SCRIPT)
+    _run([tmp_path / "resumed", *args, -1, tmp_path / "resumed.npz"], script=script)
     # The kept (best) epoch's weights, restored at the end: the same as never interrupted.
     straight, resumed = _weights(tmp_path / "straight.npz"), _weights(tmp_path / "resumed.npz")
     assert len(straight) == len(resumed)
