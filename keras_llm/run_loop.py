@@ -47,7 +47,7 @@ import tensorflow as tf
 
 from keras_llm import callbacks as llm_callbacks
 from keras_llm import hardware, plots
-from keras_llm._io import hostname, load_keras_model, read_json, write_json
+from keras_llm._io import hostname, load_keras_model, read_json, write_error, write_json
 from keras_llm.config import TrainConfig
 from keras_llm.models.distribute import barrier, check_keras_model, multi_worker_mode
 from keras_llm.optimizers import adamw
@@ -429,7 +429,15 @@ class TrainingRun:
         validation = fit_args.get("validation_data")
         if isinstance(validation, tf.data.Dataset):
             fit_args["validation_data"] = shard_by_data(validation)
-        return model.fit(x, y, callbacks=self.fit_callbacks, verbose=self.verbose, **fit_args)
+        try:
+            return model.fit(x, y, callbacks=self.fit_callbacks, verbose=self.verbose,
+                             **fit_args)
+        except OSError as error:
+            if error.filename or "Cannot write" in str(error):
+                raise  # already names what it could not write
+            # A write of Keras' own (the best-epoch checkpoint, a backup, a log) failed
+            # without naming its file: name the run directory it writes into.
+            raise write_error(error, self.run_dir) from error
 
     def raise_if_diverged(self):
         """`TrainingDivergedError` naming the step if the loss became NaN or infinite."""

@@ -468,9 +468,12 @@ def test_a_failed_save_of_the_best_epoch_keeps_the_previous_best(tmp_path, monke
     run.callbacks(24, config.finetune_learning_rate, checkpoint=run.path("best.keras"),
                   monitor="val_loss", mode="min", tensorboard=False)
     monkeypatch.setattr(keras.Model, "save", save_then_fill_the_disk)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(OSError, match="No space left") as raised:
         run.fit(model, x[:48], y[:48], batch_size=8, epochs=3, validation_data=(x[48:], y[48:]))
     monkeypatch.undo()
+    # Keras' error names no file; the run's names the directory it writes into, and the fix.
+    assert f"Cannot write {run.run_dir}: No space left on device. Free disk space" in str(
+        raised.value)
     assert len(saved) == 2  # the second epoch improved and its save failed
     best = _io.load_keras_model(run.path("best.keras"), compile=False)
     for kept, first in zip(best.get_weights(), saved[0]):
