@@ -89,6 +89,18 @@ def test_an_altered_vocabulary_is_an_error_naming_the_file(saved_tokenizer):
         llm_data.Tokenizer.load(saved_tokenizer)
 
 
+def test_a_token_altered_in_place_is_an_error_naming_the_file(saved_tokenizer):
+    """Same number of tokens, one of them changed: only the recorded sha256 can tell."""
+    path = os.path.join(saved_tokenizer, "vocabulary.txt")
+    with open(path, encoding="utf-8") as f:
+        tokens = f.read().split("\n")
+    tokens[10] = tokens[10] + "x"  # still one token a line, as many lines
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(tokens))
+    with pytest.raises(ValueError, match=r"vocabulary\.txt is damaged .* sha256 differs"):
+        llm_data.Tokenizer.load(saved_tokenizer)
+
+
 @pytest.mark.parametrize("content", [b'{"lowercase": tr', b"\x00\x00\x00", b"[1, 2]"])
 def test_a_damaged_tokenizer_json_is_an_error_naming_the_file(saved_tokenizer, content):
     path = os.path.join(saved_tokenizer, "tokenizer.json")

@@ -206,14 +206,14 @@ def test_default_mode_is_unchanged(lowercase, tmp_path):
     assert texts == GOLDEN_TEXTS[lowercase]
     # The saved files, byte for byte.
     tokenizer.save(str(tmp_path))
-    config = (tmp_path / "tokenizer.json").read_bytes()
-    assert config == b'{\n  "lowercase": %s,\n  "vocabulary_size": 34\n}' % (
-        b"true" if lowercase else b"false"
-    )
     vocabulary = (tmp_path / "vocabulary.txt").read_bytes()
-    assert hashlib.sha256(vocabulary).hexdigest() == hashlib.sha256(
-        "".join(t + "\n" for t in GOLDEN_VOCABULARY).encode()
-    ).hexdigest()
+    digest = hashlib.sha256("".join(t + "\n" for t in GOLDEN_VOCABULARY).encode()).hexdigest()
+    assert hashlib.sha256(vocabulary).hexdigest() == digest
+    config = (tmp_path / "tokenizer.json").read_bytes()
+    assert config == (  # the same keys as always, plus the vocabulary's checksum
+        b'{\n  "lowercase": %s,\n  "vocabulary_size": 34,\n  "vocabulary_sha256": "%s"\n}'
+        % (b"true" if lowercase else b"false", digest.encode())
+    )
 
 
 def test_default_training_has_no_layout_tokens():
@@ -232,7 +232,10 @@ def test_default_training_has_no_layout_tokens():
 def test_save_load_keeps_the_mode(code, tmp_path):
     code.save(str(tmp_path / "tok"))
     with open(tmp_path / "tok" / "tokenizer.json") as f:
-        assert json.load(f) == {
+        saved = json.load(f)
+        assert saved.pop("vocabulary_sha256") == hashlib.sha256(
+            (tmp_path / "tok" / "vocabulary.txt").read_bytes()).hexdigest()
+        assert saved == {
             "lowercase": False, "vocabulary_size": code.vocabulary_size, "whitespace": "keep",
         }
     loaded = Tokenizer.load(str(tmp_path / "tok"))

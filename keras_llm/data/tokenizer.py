@@ -32,6 +32,7 @@ A SavedModel holding this tokenizer uses tensorflow-text ops: the serving proces
 """
 
 import collections
+import hashlib
 import numbers
 import os
 
@@ -405,9 +406,11 @@ class Tokenizer(keras.layers.Layer):
     def save(self, directory):
         """Writes `vocabulary.txt` (one token a line) and `tokenizer.json` into `directory`."""
         os.makedirs(directory, exist_ok=True)
-        write_text(os.path.join(directory, VOCABULARY_FILE),
-                   "".join(token + "\n" for token in self.vocabulary))
-        config = {"lowercase": self.lowercase, "vocabulary_size": self.vocabulary_size}
+        text = "".join(token + "\n" for token in self.vocabulary)
+        write_text(os.path.join(directory, VOCABULARY_FILE), text)
+        config = {"lowercase": self.lowercase, "vocabulary_size": self.vocabulary_size,
+                  # `load` checks it: a token altered in place is refused, not used.
+                  "vocabulary_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}
         # Written only when not the default: keras_llm's own tokenizers save as before.
         if self.whitespace != "split":
             config["whitespace"] = self.whitespace
@@ -452,6 +455,13 @@ class Tokenizer(keras.layers.Layer):
                 f"{damaged}: it holds {len(vocabulary)} tokens but {config_path} says "
                 f"vocabulary_size={expected!r}. Restore the tokenizer folder (or train the run "
                 "again); a different vocabulary would silently give different ids."
+            )
+        checksum = config.get("vocabulary_sha256")
+        if checksum is not None and checksum != hashlib.sha256(raw).hexdigest():
+            raise DamagedFileError(
+                f"{damaged}: its sha256 differs from the one {config_path} recorded when it "
+                "was saved. Restore the tokenizer folder (or train the run again); a different "
+                "vocabulary would silently give different ids."
             )
         try:
             return cls(
