@@ -380,6 +380,11 @@ class TrainConfig(_PresetMixin):
             )
         object.__setattr__(self, "length_buckets", tuple(buckets))  # JSON gives a list
         _check_choice(owner, "decay", self.decay, DECAYS)
+        self._check_execution()
+
+    def _check_execution(self):
+        """Precision, strategy, seed and compilation: how and where the steps run."""
+        owner = "TrainConfig"
         _check_choice(owner, "precision", self.precision, PRECISIONS)
         _check_choice(owner, "strategy", self.strategy, STRATEGIES)
         seed = self.seed
