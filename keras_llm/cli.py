@@ -127,6 +127,9 @@ def _add_training_commands(sub):
         "(omit: from scratch)",
     )
     fine.add_argument("--epochs", type=int, help="fine-tuning epochs")
+    fine.add_argument("--train-examples", type=int,
+                      help="a label budget: train on a seeded, class-stratified subset of this "
+                      "many labelled examples (default: the whole train split)")
     fine.add_argument("--pooling", default="mean", choices=["mean", "last"])
     _add_common(fine, "runs/finetune")
 
@@ -146,27 +149,46 @@ def _add_evaluate_and_export(sub):
     ex.add_argument("--no-tflite", action="store_true", help="skip the TFLite files")
 
 
+def transfer_arms(every=False):
+    """The transfer study's arms (`keras_llm.transfer`), without importing TensorFlow."""
+    arms = ("tfidf", "scratch", "causal", "mlm", "checkpoint")
+    return arms + ("probe",) if every else arms
+
+
 def _add_studies(sub):
     study = sub.add_parser("study", help="measured studies")
     studies = study.add_subparsers(dest="study", metavar="STUDY", parser_class=_Parser)
     transfer = studies.add_parser(
-        "transfer", help="TF-IDF vs scratch vs pretrained vs linear probe on rotten_tomatoes"
+        "transfer", help="what pretraining buys, label budget by label budget: TF-IDF, "
+        "scratch, causal-LM and masked-LM pretraining, all-MiniLM-L6-v2 on rotten_tomatoes",
     )
     transfer.add_argument("--run-dir", default="runs/transfer")
+    transfer.add_argument("--budgets", default="100,300,1000,3000,all",
+                          help="labelled training reviews per run, comma-separated; 'all' is "
+                          "the whole split (default: 100,300,1000,3000,all)")
     transfer.add_argument("--seeds", default="0,1,2", help="comma-separated (default: 0,1,2)")
+    transfer.add_argument("--large-budget", type=int, default=3000,
+                          help="budgets from this size on (and 'all') run with fewer seeds "
+                          "(default: 3000)")
+    transfer.add_argument("--large-budget-seeds", type=int, default=1,
+                          help="seeds of the large budgets, the first ones (default: 1)")
+    transfer.add_argument("--arms", default=",".join(transfer_arms()),
+                          help=f"comma-separated, of {','.join(transfer_arms(True))} "
+                          f"(default: {','.join(transfer_arms())})")
     transfer.add_argument("--pretrain-steps", type=int,
-                          help="default: evaluation.STUDY_TRAIN_CONFIG.pretrain_steps")
+                          help="per objective (default: transfer.STUDY_TRAIN_CONFIG's)")
     transfer.add_argument("--finetune-epochs", type=int, help="default: 3")
-    transfer.add_argument("--pretrained", help="reuse this pretraining run")
+    transfer.add_argument("--min-steps", type=int,
+                          help="fine-tuning steps a small budget takes at least (default: 90)")
     transfer.add_argument("--pretrain-per-seed", action="store_true",
                           help="pretrain once per seed (the spread then includes pretraining)")
     transfer.add_argument("--pooling", default="mean", choices=["mean", "last"])
-    transfer.add_argument("--arms", default="tfidf,scratch,pretrained,probe")
-    for arm in ("scratch", "pretrained", "probe"):
+    for arm in transfer_arms(True)[1:]:
         transfer.add_argument(f"--lr-{arm}", type=float, help=f"peak learning rate ({arm})")
     transfer.add_argument("--data-dir", help="tensorflow-datasets directory")
     transfer.add_argument("--quick", action="store_true",
-                          help="tiny model, few steps, one seed: checks the machinery only")
+                          help="tiny model, few steps, budgets 100 and all, one seed, no "
+                          "checkpoint arm unless --arms names it: checks the machinery only")
     speakers = studies.add_parser(
         "speakers", help="who is speaking? TF-IDF vs scratch vs pretrained on debates_speakers"
     )
@@ -330,6 +352,8 @@ def cmd_finetune(args):
     published = args.pretrained is not None and presets.is_preset(args.pretrained)
     model, train = _configs(args, "checkpoint" if published else "small")
     _check_dataset(args.dataset, "classification")
+    if args.train_examples is not None:
+        train = _label_budget(train, args.train_examples, args.dataset, args.data_dir)
     result = training.finetune(
         train, data=args.dataset, run_dir=args.run_dir, pretrained=args.pretrained,
         model_config=None if args.pretrained else model, data_dir=args.data_dir,
@@ -338,6 +362,20 @@ def cmd_finetune(args):
     _print_table(sorted(_format_metrics(result.metrics).items()), ["metric", "value"])
     print(f"\nFine-tuning run written to {os.path.abspath(result.run_dir)}")
     return 0
+
+
+def _label_budget(train, size, dataset, data_dir):
+    """`train` with `train_examples=size`, refused now when it does not fit the split."""
+    from keras_llm import data
+
+    try:
+        train = dataclasses.replace(train, train_examples=size)
+        if size:
+            data.stratified_indices(data.load_texts_and_labels(dataset, "train", data_dir)[1],
+                                    size, train.seed)
+    except ValueError as error:
+        raise UsageError(f"--train-examples: {error}") from None
+    return train
 
 
 def cmd_evaluate(args):
@@ -464,7 +502,6 @@ def cmd_study_speakers(args, seeds):
 
 
 def cmd_study(args):
-    from keras_llm import evaluation
 
     if args.study not in ("transfer", "speakers"):
         raise UsageError("choose a study: keras-llm study transfer | speakers")
@@ -476,31 +513,52 @@ def cmd_study(args):
         raise UsageError(f"--seeds must be integers in [0, 2**32), got {args.seeds!r}")
     if args.study == "speakers":
         return cmd_study_speakers(args, seeds)
+    return cmd_study_transfer(args, seeds)
+
+
+def cmd_study_transfer(args, seeds):
+    from keras_llm import transfer
+
+    budgets = [part.strip() for part in args.budgets.split(",")]
+    try:
+        budgets = [part if part == "all" else int(part) for part in budgets]
+    except ValueError:
+        raise UsageError(f"--budgets must be comma-separated integers and/or 'all', got "
+                         f"{args.budgets!r}") from None
+    arms = tuple(part.strip() for part in args.arms.split(","))
+    rates = {arm: getattr(args, f"lr_{arm}") for arm in transfer_arms(True)[1:]}
+    options = dict(
+        budgets=budgets, seeds=seeds, arms=arms, large_budget=args.large_budget,
+        large_budget_seeds=args.large_budget_seeds, pretrain_steps=args.pretrain_steps,
+        finetune_epochs=args.finetune_epochs,
+        min_finetune_steps=(transfer.MIN_FINETUNE_STEPS if args.min_steps is None
+                            else args.min_steps),
+        learning_rates={arm: rate for arm, rate in rates.items() if rate is not None},
+        pooling=args.pooling,
+    )
     model_config, train_config = None, None  # the study's tuned defaults
     if args.quick:
         model_config = ModelConfig.preset("tiny")
         train_config = dataclasses.replace(
-            evaluation.STUDY_TRAIN_CONFIG, pretrain_steps=100, finetune_epochs=1,
+            transfer.STUDY_TRAIN_CONFIG, pretrain_steps=100, finetune_epochs=1,
             finetune_steps_per_epoch=40, classifier_sequence_length=32,
         )
-        seeds = seeds[:1]
-    rates = {arm: getattr(args, f"lr_{arm}") for arm in ("scratch", "pretrained", "probe")}
-    rates = {arm: rate for arm, rate in rates.items() if rate is not None}
-    try:
-        evaluation.check_transfer_study(
-            train_config, seeds=seeds, arms=tuple(args.arms.split(",")), pooling=args.pooling,
-            pretrain_steps=args.pretrain_steps, finetune_epochs=args.finetune_epochs,
-            learning_rates=rates, pretrained=args.pretrained,
-        )
+    try:  # the values as given; --quick then narrows them
+        transfer.check_transfer_study(model_config, train_config, data="rotten_tomatoes",
+                                      data_dir=args.data_dir, **options)
     except ValueError as error:  # a value out of range: the message names it
         raise UsageError(str(error)) from None
-    evaluation.transfer_study(
-        model_config, train_config, args.run_dir, seeds=seeds,
-        pretrain_steps=args.pretrain_steps, finetune_epochs=args.finetune_epochs,
-        learning_rates=rates,
-        pooling=args.pooling, pretrained=args.pretrained,
-        pretrain_per_seed=args.pretrain_per_seed, arms=tuple(args.arms.split(",")),
-        data_dir=args.data_dir,
+    if args.quick:
+        options.update(seeds=seeds[:1], large_budget_seeds=1)
+        if args.min_steps is None:
+            options["min_finetune_steps"] = 30
+        if args.budgets == "100,300,1000,3000,all":
+            options["budgets"] = [100, "all"]
+        if args.arms == ",".join(transfer_arms()):
+            options["arms"] = tuple(arm for arm in arms if arm != "checkpoint")
+    transfer.transfer_study(
+        model_config, train_config, args.run_dir, pretrain_per_seed=args.pretrain_per_seed,
+        data_dir=args.data_dir, **options,
     )
     with open(os.path.join(args.run_dir, "transfer.md")) as f:
         print(f.read())

@@ -278,6 +278,9 @@ class TrainConfig(_PresetMixin):
             the training split. Defaults to `0`.
         freeze_backbone_epochs: int. Fine-tuning epochs that train only the head first.
             Defaults to `0`.
+        train_examples: int. Labelled training examples fine-tuning may use: `0` means the
+            whole training split; `n` keeps a class-stratified subset of `n` drawn with `seed`
+            (`keras_llm.data.stratified_subset`; a label budget). Defaults to `0`.
         classifier_sequence_length: int. Tokens kept per classification example; short
             review snippets waste compute when padded to the full context. Defaults to `64`.
         length_buckets: tuple of int. Token-count boundaries for fine-tuning batches: training
@@ -313,6 +316,7 @@ class TrainConfig(_PresetMixin):
     finetune_learning_rate: float = 3e-4
     finetune_steps_per_epoch: int = 0
     freeze_backbone_epochs: int = 0
+    train_examples: int = 0
     classifier_sequence_length: int = 64
     length_buckets: tuple = ()
     warmup_fraction: float = 0.05
@@ -352,6 +356,13 @@ class TrainConfig(_PresetMixin):
             raise ValueError(
                 "TrainConfig.finetune_steps_per_epoch must be an integer >= 0 (0: whole split). "
                 f"Received finetune_steps_per_epoch={self.finetune_steps_per_epoch!r}."
+            )
+        if isinstance(self.train_examples, bool) or not isinstance(
+            self.train_examples, int
+        ) or self.train_examples < 0:
+            raise ValueError(
+                "TrainConfig.train_examples must be an integer >= 0 (0: the whole training "
+                f"split). Received train_examples={self.train_examples!r}."
             )
         frozen = self.freeze_backbone_epochs
         if isinstance(frozen, bool) or not isinstance(frozen, int) or not (

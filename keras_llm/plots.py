@@ -102,41 +102,41 @@ def plot_attention(scores, tokens, path=None, title="Attention", heads=None):
     return fig
 
 
-def plot_transfer_study(results, path, title=None):
-    """Bars of test macro-F1 and accuracy per arm of a transfer study, with seed std bars.
+def plot_learning_curve(results, path, title=None):
+    """Test macro-F1 against labelled training examples (log x), one line per arm of a
+    transfer study, with seed-to-seed std error bars.
 
     Args:
-        results: dict from `keras_llm.evaluation.transfer_study` (its `arms` entries carry
-            `title`, `f1_mean`, `f1_std`, `accuracy_mean`, `accuracy_std`).
+        results: dict from `keras_llm.transfer.transfer_study` (its `arms` entries carry
+            `title` and, per budget, `f1_mean`, `f1_std`, `n`).
         path: str. Where the PNG goes.
         title: str. Figure title; defaults to one naming the data set and the seeds.
 
     Returns:
         `path`.
     """
-    import textwrap
-
-    arms = list(results["arms"].values())
-    names = [textwrap.fill(arm["title"], 24) for arm in arms]
-    x = np.arange(len(arms))
-    width = 0.38
-    fig, ax = plt.subplots(figsize=(2.1 * len(arms) + 2.5, 4.2))
-    for offset, key, label in ((-width / 2, "f1", "macro-F1"), (width / 2, "accuracy", "accuracy")):
-        means = [arm[f"{key}_mean"] for arm in arms]
-        stds = [arm[f"{key}_std"] for arm in arms]
-        bars = ax.bar(x + offset, means, width, yerr=stds, capsize=4, label=label)
-        for bar, mean, std in zip(bars, means, stds):
-            ax.text(bar.get_x() + bar.get_width() / 2, mean + std + 0.005, f"{mean:.3f}",
-                    ha="center", va="bottom", fontsize=7)
-    lows = [arm[f"{key}_mean"] - arm[f"{key}_std"] for arm in arms for key in ("f1", "accuracy")]
-    ax.set_ylim(max(0.0, min(lows) - 0.1), 1.0)
-    ax.set_xticks(x, names, fontsize=8)
-    ax.set_ylabel("test score")
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    markers = "os^Dvx"
+    for index, arm in enumerate(results["arms"].values()):
+        labels = sorted(arm["budgets"], key=int)
+        x = [int(label) for label in labels]
+        means = [arm["budgets"][label]["f1_mean"] for label in labels]
+        stds = [arm["budgets"][label]["f1_std"] for label in labels]
+        ax.errorbar(x, means, yerr=stds, marker=markers[index % len(markers)], capsize=3,
+                    linestyle="--" if arm["title"].startswith("TF-IDF") else "-",
+                    label=arm["title"])
+    ax.set_xscale("log")
+    budgets = [int(b) for b in results["budgets"]]
+    ax.set_xticks(budgets, [f"{b:,}" for b in budgets])
+    ax.minorticks_off()
+    ax.set_xlabel("labelled training reviews (log scale)")
+    ax.set_ylabel("test macro-F1")
     seeds = results.get("seeds", [])
-    ax.set_title(title or f"Transfer learning on {results.get('data', '')} "
-                          f"(mean ± std over {len(seeds)} seed{'s' if len(seeds) != 1 else ''})")
-    ax.legend(loc="upper right", ncols=2)
-    ax.grid(axis="y", alpha=0.3)
+    ax.set_title(title or f"What pretraining buys on {results.get('data', '')} "
+                          f"(mean ± std over up to {len(seeds)} seed"
+                          f"{'s' if len(seeds) != 1 else ''})")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -349,7 +349,8 @@ def finetune(
     if not given). `train_config.freeze_backbone_epochs` first trains the head alone.
 
     Args:
-        train_config: `TrainConfig` (or preset name).
+        train_config: `TrainConfig` (or preset name). Its `train_examples` limits the
+            labelled training reviews to a seeded, class-stratified subset.
         data: str. A classification data set name. Defaults to `"rotten_tomatoes"`.
         run_dir: str. Where everything is written.
         pretrained: str or None. Pretraining run directory, backbone `.keras` path, preset
@@ -366,16 +367,21 @@ def finetune(
         `RunResult`; `metrics` holds the test-split `loss, accuracy, precision, recall, f1`.
     """
     # The strategy before any TensorFlow op (a multi-worker one must); then the sources: a
-    # wrong path or a missing checkpoint wheel fails before any file exists.
-    get_strategy(TrainConfig.coerce(train_config, "train_config").strategy)
+    # wrong path, a missing checkpoint wheel or a label budget out of range fails before any
+    # file exists.
+    train_config = TrainConfig.coerce(train_config, "train_config")
+    get_strategy(train_config.strategy)
     preset = os.fspath(pretrained) if presets.is_preset(pretrained) else None
     backbone_path, tokenizer, model_config = _finetune_sources(pretrained, preset, tokenizer,
                                                                model_config)
-    run = TrainingRun(run_dir, train_config, verbose=verbose)
-    train_config = run.train_config
     label_names = llm_data.label_names(data)
     num_classes = len(label_names)
     train_pairs = llm_data.load_text_classification(data, "train", data_dir)
+    if train_config.train_examples:  # a label budget: a seeded, class-stratified subset
+        train_pairs = llm_data.stratified_subset(train_pairs, train_config.train_examples,
+                                                 train_config.seed)
+    run = TrainingRun(run_dir, train_config, verbose=verbose)
+    train_config = run.train_config
     if tokenizer is None:
         vocabulary = model_config.vocabulary_size
         tokenizer = llm_data.Tokenizer.train(train_pairs.map(lambda text, label: text), vocabulary)

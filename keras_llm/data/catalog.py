@@ -409,6 +409,63 @@ def load_texts_and_labels(name, split, data_dir=None):
     return texts, np.asarray(labels)
 
 
+def stratified_indices(labels, size, seed):
+    """Indices of a class-stratified random subset of `size` examples: a label budget.
+
+    Each class keeps its share of `size` (largest remainders round it; every class keeps at
+    least one example), drawn at random with `seed`. The same seed gives nested subsets as
+    `size` grows (each class's draw is a prefix of one seeded permutation), so a learning
+    curve adds labels rather than swapping them.
+
+    Args:
+        labels: 1-D sequence of int class labels, the whole split.
+        size: int. How many examples to keep, `num classes <= size <= len(labels)`.
+        seed: int. Seeds the draw.
+
+    Returns:
+        Sorted int64 NumPy array of `size` indices into `labels`.
+
+    Raises:
+        ValueError: `size` is out of range; the message names it and the range.
+    """
+    labels = np.asarray(labels)
+    classes, counts = np.unique(labels, return_counts=True)
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not (
+        len(classes) <= size <= len(labels)
+    ):
+        raise ValueError(
+            f"A label budget must be an integer from {len(classes)} (one example per class) "
+            f"to {len(labels)} (the whole split). Received size={size!r}."
+        )
+    exact = counts * size / len(labels)
+    take = np.floor(exact).astype(np.int64)
+    for index in np.argsort(-(exact - take), kind="stable")[: size - int(take.sum())]:
+        take[index] += 1
+    for index in np.flatnonzero(take == 0):  # a rare class keeps one example
+        take[index] = 1
+        take[np.argmax(take)] -= 1
+    rng = np.random.default_rng(seed)
+    chosen = [
+        rng.permutation(np.flatnonzero(labels == label))[:count]
+        for label, count in zip(classes, take)
+    ]
+    return np.sort(np.concatenate(chosen))
+
+
+def stratified_subset(pairs, size, seed):
+    """A class-stratified subset of `size` `(text, label)` pairs (`stratified_indices`),
+    in their stored order, as an in-memory `tf.data.Dataset` of the same structure."""
+    texts, labels = [], []
+    for text, label in pairs.as_numpy_iterator():
+        texts.append(text)
+        labels.append(int(label))
+    keep = stratified_indices(labels, size, seed)
+    return tf.data.Dataset.from_tensor_slices((
+        tf.constant([texts[i] for i in keep], tf.string),
+        tf.constant(np.asarray(labels)[keep], tf.int32),
+    ))
+
+
 def load_pretraining_text(name, split, data_dir=None):
     """Returns a `tf.data.Dataset` of scalar strings (documents) for pretraining.
 
