@@ -444,16 +444,16 @@ class _Study:
             "pooling": self.settings["pooling"],
             "data": self.data,
         }
-        metrics = _finished(directory, settings)
+        metrics = finished_run(directory, settings)
         if metrics is None:
-            _forget(directory)
+            forget_run(directory)
             keras.backend.clear_session()
             metrics = training.finetune(
                 config, data=self.data, run_dir=directory, pretrained=source,
                 model_config=model_config, tokenizer=tokenizer, data_dir=self.data_dir,
                 pooling=self.settings["pooling"], verbose=2 if self.verbose >= 2 else 0,
             ).metrics
-            write_json(os.path.join(directory, STUDY_MARKER), settings)
+            mark_finished(directory, settings)
         run = {"seed": seed, "f1": float(metrics["test_f1"]),
                "accuracy": float(metrics["test_accuracy"]),
                "seconds": float(metrics["seconds"]), "run_dir": directory}
@@ -502,16 +502,16 @@ def _pretrain_cached(model_config, train_config, objective, pretrain_data, direc
         "pretrain_data": _data_name(pretrain_data),
         "tokenizer": os.path.abspath(tokenizer),
     }
-    if (_finished(directory, settings) is not None
+    if (finished_run(directory, settings) is not None
             and os.path.exists(os.path.join(directory, training.BACKBONE))):
         return
-    _forget(directory)
+    forget_run(directory)
     keras.backend.clear_session()
     training.pretrain(
         config, train_config, data=pretrain_data, run_dir=directory, tokenizer=tokenizer,
         data_dir=data_dir, verbose=2 if verbose >= 2 else 0, objective=objective,
     )
-    write_json(os.path.join(directory, STUDY_MARKER), settings)
+    mark_finished(directory, settings)
 
 
 def _data_name(data):
@@ -531,7 +531,7 @@ def _pretraining_summary(directory, seed, objective):
     return summary
 
 
-def _finished(run_dir, settings):
+def finished_run(run_dir, settings):
     """The run's metrics if it finished earlier with exactly these settings, else None."""
     marker = os.path.join(run_dir, STUDY_MARKER)
     metrics = os.path.join(run_dir, training.METRICS)
@@ -540,12 +540,17 @@ def _finished(run_dir, settings):
     return None
 
 
-def _forget(run_dir):
+def forget_run(run_dir):
     """Removes a run's finished-marker before it is (re)trained: a run stopped half-way
     must not pass for the earlier, finished one."""
     marker = os.path.join(run_dir, STUDY_MARKER)
     if os.path.exists(marker):
         os.remove(marker)
+
+
+def mark_finished(run_dir, settings):
+    """Marks a run finished with these settings (`finished_run` then reuses it)."""
+    write_json(os.path.join(run_dir, STUDY_MARKER), settings)
 
 
 def _summary(runs):
