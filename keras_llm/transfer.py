@@ -173,8 +173,8 @@ def transfer_study(
     started = time.perf_counter()
     os.makedirs(run_dir, exist_ok=True)
     train_size = settings["train_size"]
-    study = _Study(settings, run_dir, data, data_dir, pretrain_data, checkpoint, verbose)
-    study.tfidf_c_grid = tuple(tfidf_c_grid)
+    study = _Study(settings, run_dir, data, data_dir, pretrain_data, checkpoint,
+                   tuple(tfidf_c_grid), verbose)
     results = {
         "data": data,
         "checkpoint": checkpoint,
@@ -344,10 +344,11 @@ class _Study:
     """One study's shared state: its settings, tokenizer and pretraining runs; `run` trains
     (or reuses) one arm at one budget and seed."""
 
-    def __init__(self, settings, run_dir, data, data_dir, pretrain_data, checkpoint, verbose):
+    def __init__(self, settings, run_dir, data, data_dir, pretrain_data, checkpoint,
+                 tfidf_c_grid, verbose):
         self.settings = settings
         self.checkpoint = checkpoint
-        self.tfidf_c_grid = evaluation.TFIDF_C_GRID
+        self.tfidf_c_grid = tfidf_c_grid
         self.run_dir = run_dir
         self.data, self.data_dir = data, data_dir
         self.pretrain_data = pretrain_data

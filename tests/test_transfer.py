@@ -104,7 +104,7 @@ def test_large_budgets_run_the_first_seeds_only():
     settings = transfer.check_transfer_study(budgets=(100, 3000, "all"), seeds=(5, 6, 7),
                                              large_budget=3000, large_budget_seeds=2)
     study = transfer._Study(settings, "unused", "rotten_tomatoes", None, "keras_llm_corpus",
-                            transfer.CHECKPOINT, 0)
+                            transfer.CHECKPOINT, (1.0,), 0)
     assert [study.seeds_for(b) for b in settings["budgets"]] == [[5, 6, 7], [5, 6], [5, 6]]
     settings["large_budget"] = None
     assert study.seeds_for("all") == [5, 6, 7]
