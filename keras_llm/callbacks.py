@@ -832,7 +832,9 @@ class StepLogger(keras.callbacks.Callback):
         self.steps = {"step": [], **{k: [] for k in self.KEYS}}
 
     def on_train_begin(self, logs=None):
-        if self.append and os.path.exists(self.path):
+        # A resumed run reads the steps logged before the crash, once: a later `fit` call of
+        # the same run (a phase) continues from the steps already held.
+        if self.append and not self.steps["step"] and os.path.exists(self.path):
             with open(self.path) as f:
                 for row in csv.DictReader(f):
                     self.steps["step"].append(int(row["step"]))

@@ -31,6 +31,7 @@ Run directory file names are defined here, once (`training` re-exports them).
 import contextlib
 import csv
 import dataclasses
+import glob
 import json
 import os
 import shutil
@@ -297,6 +298,7 @@ class TrainingRun:
         self.step_logger = None
         self.checkpoint = None
         self.fit_callbacks = []
+        self.fitted = False  # whether `fit` was called (a later call appends to the logs)
 
     def path(self, *names):
         """A path inside the run directory."""
@@ -305,10 +307,19 @@ class TrainingRun:
     def resume_epoch(self):
         """The epoch `BackupAndRestore` will resume from (0 for a fresh run).
 
-        Keras writes the next epoch to run into `training_metadata.json` at every epoch end.
+        Keras writes the next epoch to run into `training_metadata.json` at every epoch end:
+        in `backup/`, or, for a phase that a later `fit` call continues (`fit(phase=...)`),
+        in `backup/<phase>/`; the latest of them.
         """
-        path = self.path(BACKUP, "training_metadata.json")
-        return int(read_json(path).get("epoch", 0)) if os.path.exists(path) else 0
+        paths = [self.path(BACKUP, "training_metadata.json"),
+                 *glob.glob(self.path(BACKUP, "*", "training_metadata.json"))]
+        return max((int(read_json(path).get("epoch", 0)) for path in paths
+                    if os.path.exists(path)), default=0)
+
+    def resumes_last_phase(self):
+        """Whether the last `fit` call of the run (the one without a `phase`) was backed up:
+        a resumed run then skips the phases before it, whose result that backup holds."""
+        return os.path.exists(self.path(BACKUP, "training_metadata.json"))
 
     def write_files(self, kind, metadata=None, *, model_config=None, tokenizer=None):
         """Saves the tokenizer, the configs and `run.json`: `kind`, the `metadata` dict's
@@ -368,7 +379,8 @@ class TrainingRun:
             backup: bool. With a `monitor`, also back the run up (`BackupAndRestore`) so
                 that a run started again after a crash resumes from its last epoch, and
                 the kept epoch is still the best of all (`ModelCheckpoint` starts from the
-                best value in `history.csv`). For one `fit` call only. Defaults to `False`.
+                best value in `history.csv`). A run of several `fit` calls names each but
+                the last with `fit(phase=...)`. Defaults to `False`.
         """
         resuming = self.resume_epoch() > 0
         self.checkpoint = checkpoint
@@ -420,18 +432,40 @@ class TrainingRun:
             return None
         return max(values) if mode == "max" else min(values)
 
-    def fit(self, model, x, y=None, **fit_args):
+    def fit(self, model, x, y=None, *, phase=None, **fit_args):
         """`model.fit` with the run's callbacks; tf.data sets are split by batch across
-        workers. `shuffle` defaults to False: keras_llm's tf.data pipelines shuffle, seeded."""
+        workers. `shuffle` defaults to False: keras_llm's tf.data pipelines shuffle, seeded.
+
+        A run may call it more than once (phases: `training.finetune` trains the head alone
+        first). A later call appends to the logs. Name every call but the last with `phase`:
+        its backup then goes to `backup/<phase>/` and is kept when that call ends, so that a
+        run killed after it resumes from there; the last call's backup (`backup/`) is removed
+        with everything under it when the run ends.
+        """
         fit_args.setdefault("shuffle", False)
+        callbacks = self.fit_callbacks
+        if phase is not None:
+            callbacks = [
+                keras.callbacks.BackupAndRestore(self.path(BACKUP, phase), delete_checkpoint=False)
+                if isinstance(c, keras.callbacks.BackupAndRestore) else c
+                for c in callbacks
+            ]
+        if self.fitted:  # a later phase continues the logs of the earlier ones
+            for callback in callbacks:
+                if isinstance(callback, keras.callbacks.CSVLogger):
+                    callback.append = True
+        # Keras keeps the epoch a `BackupAndRestore` restored (`model._initial_epoch`) after
+        # `fit` returns: a later `fit` of the same model would start there, not at its own
+        # `initial_epoch`.
+        model._initial_epoch = None
+        self.fitted = True
         if isinstance(x, tf.data.Dataset):
             x = shard_by_data(x)
         validation = fit_args.get("validation_data")
         if isinstance(validation, tf.data.Dataset):
             fit_args["validation_data"] = shard_by_data(validation)
         try:
-            return model.fit(x, y, callbacks=self.fit_callbacks, verbose=self.verbose,
-                             **fit_args)
+            return model.fit(x, y, callbacks=callbacks, verbose=self.verbose, **fit_args)
         except OSError as error:
             if error.filename or "Cannot write" in str(error):
                 raise  # already names what it could not write

@@ -393,8 +393,6 @@ def finetune(
         "pooling": pooling,
     })
     splits = _classification_splits(train_pairs, data, data_dir, tokenizer, train_config)
-    if _resumable(train_config):
-        splits.train = _resume_data(splits, run.resume_epoch(), train_config)
 
     with run.policy():
         with run.strategy.scope():
@@ -417,7 +415,7 @@ def finetune(
             splits.steps_per_epoch * train_config.finetune_epochs,
             train_config.finetune_learning_rate, checkpoint=run.path(CLASSIFIER),
             monitor="val_f1", mode="max", tokens=(train_config.batch_size, splits.width),
-            peak_flops=peak_flops, extra=callbacks, backup=_resumable(train_config),
+            peak_flops=peak_flops, extra=callbacks, backup=True,
         )
         history = _fit_in_phases(run, model, splits, num_classes)
         run.restore_best(model)
@@ -457,28 +455,22 @@ def _pretrained_record(preset, backbone_path):
     return os.path.abspath(backbone_path) if backbone_path else None
 
 
-def _resumable(train_config):
-    """Whether a fine-tuning run resumes after a crash (`BackupAndRestore`): every run with
-    one `fit` call, i.e. no frozen-backbone phase. A run with a frozen phase started again
-    starts over."""
-    return not train_config.freeze_backbone_epochs
+def _resume_data(train_data, finished_epochs, train_config, steps_per_epoch):
+    """The training batches of a phase (one `fit` call, its own data set) resumed after
+    `finished_epochs` of its epochs: exactly those an uninterrupted run would see from there.
 
-
-def _resume_data(splits, resumed_epochs, train_config):
-    """The training batches a run resumed after `resumed_epochs` epochs must see: exactly
-    those an uninterrupted run would see from there on.
-
-    A repeated data set (fixed steps per epoch, or length buckets) skips the batches already
-    trained on. A data set read once an epoch draws its shuffle order and augmentation seeds
-    afresh each time an iterator is made from it (`reshuffle_each_iteration`); making (and
-    dropping) one iterator per finished epoch moves those draws to where the uninterrupted
-    run was, without reading any data.
+    A repeated data set (fixed steps per epoch, or length buckets) is read by one iterator
+    per `fit` call: the phase skips the batches it already trained on. A data set read once
+    an epoch draws its shuffle order and augmentation seeds afresh each time an iterator is
+    made from it (`reshuffle_each_iteration`); making (and dropping) one iterator per
+    finished epoch moves those draws to where the uninterrupted run was, without reading
+    any data.
     """
     if train_config.finetune_steps_per_epoch or train_config.length_buckets:
-        return splits.train.skip(resumed_epochs * splits.steps_per_epoch)
-    for _ in range(resumed_epochs):
-        iter(splits.train)
-    return splits.train
+        return train_data.skip(finished_epochs * steps_per_epoch)
+    for _ in range(finished_epochs):
+        iter(train_data)
+    return train_data
 
 
 @dataclasses.dataclass
@@ -490,21 +482,54 @@ class _Splits:
     test: tf.data.Dataset
     steps_per_epoch: int
     width: int  # tokens a row on average, padding included, for the logged tokens/s
+    make_train: object  # seed -> a training data set like `train`, for a later phase
+
+    def phase_train(self, index, seed):
+        """The training data of phase `index` (0 first): its own data set, seeded
+        `seed + index`, so that what a phase draws never depends on how many iterators the
+        phases before it made (a resumed run skips or replays them)."""
+        return self.train if index == 0 else self.make_train(seed + index)
+
+
+def _evaluation_data(pairs, tokenizer, train_config):
+    """Validation or test batches, cached. With `length_buckets` they are bucketed like the
+    training batches (each cut to its bucket's width: about half the work of full-width
+    batches on review snippets; the same predictions, since padding is masked), and their
+    cardinality asserted: Keras' `evaluate` scales the loss by n/(n+1) on a data set of
+    unknown cardinality."""
+    dataset = llm_data.classification_dataset(
+        pairs, tokenizer, train_config.classifier_sequence_length, train_config.batch_size,
+        bucket_boundaries=train_config.length_buckets or None,
+    ).cache()
+    if train_config.length_buckets:
+        batches = sum(1 for _ in dataset)  # fills the cache
+        dataset = dataset.apply(tf.data.experimental.assert_cardinality(batches))
+    return dataset
 
 
 def _classification_splits(train_pairs, data, data_dir, tokenizer, train_config):
     """Batched train (augmented, shuffled, seeded), validation and test (cached) data."""
     length = train_config.classifier_sequence_length
     batch = train_config.batch_size
-    augmenter = llm_data.Augmenter.from_train_config(train_config, mask_id=tokenizer.unk_id)
-    train_data = llm_data.classification_dataset(
-        train_pairs, tokenizer, length, batch, augment=augmenter, shuffle=True,
-        seed=train_config.seed, bucket_boundaries=train_config.length_buckets or None,
-    )
+    def make_train(seed):
+        augmenter = llm_data.Augmenter.from_train_config(
+            dataclasses.replace(train_config, seed=seed), mask_id=tokenizer.unk_id)
+        return llm_data.classification_dataset(
+            train_pairs, tokenizer, length, batch, augment=augmenter, shuffle=True,
+            seed=seed, bucket_boundaries=train_config.length_buckets or None,
+        )
+
+    def repeat(train_data):
+        # Buckets: augmentation changes lengths, so an epoch's batch count may vary by one
+        # or two; a repeated data set never runs out before steps_per_epoch.
+        if train_config.finetune_steps_per_epoch or train_config.length_buckets:
+            return train_data.repeat()
+        return train_data
+
+    train_data = make_train(train_config.seed)
     validation_data, test_data = (
-        llm_data.classification_dataset(
-            llm_data.load_text_classification(data, split, data_dir), tokenizer, length, batch
-        ).cache()
+        _evaluation_data(llm_data.load_text_classification(data, split, data_dir), tokenizer,
+                         train_config)
         for split in ("validation", "test")
     )
     steps_per_epoch = train_config.finetune_steps_per_epoch or int(
@@ -519,23 +544,30 @@ def _classification_splits(train_pairs, data, data_dir, tokenizer, train_config)
         width = max(1, round(sum(widths) / len(widths)))
     elif steps_per_epoch <= 0:  # unknown cardinality: count once
         steps_per_epoch = sum(1 for _ in train_data)
-    if train_config.finetune_steps_per_epoch or train_config.length_buckets:
-        # Buckets: augmentation changes lengths, so an epoch's batch count may vary by one
-        # or two; a repeated data set never runs out before steps_per_epoch.
-        train_data = train_data.repeat()
-    return _Splits(train_data, validation_data, test_data, steps_per_epoch, width)
+    return _Splits(repeat(train_data), validation_data, test_data, steps_per_epoch, width,
+                   make_train=lambda seed: repeat(make_train(seed)))
 
 
 def _fit_in_phases(run, model, splits, num_classes):
     """Fits the head alone for `freeze_backbone_epochs`, then everything; one schedule and
-    one set of callbacks across both phases. Returns the joined history."""
+    one set of callbacks across both phases, each phase reading its own training data set
+    (`_Splits.phase_train`). Returns the joined history.
+
+    Each phase is backed up (`TrainingRun.fit(phase=...)`), so a run killed in either, or
+    between them, resumes to the weights an uninterrupted run reaches: a phase the backup
+    of the last phase already holds is skipped; an earlier one is resumed (when finished,
+    its `fit` restores its last epoch and trains none)."""
     train_config = run.train_config
     history = {}
     frozen = train_config.freeze_backbone_epochs
     phases = [(frozen, 0, False)] if frozen else []
     if train_config.finetune_epochs > frozen:
         phases.append((train_config.finetune_epochs, frozen, True))
-    for epochs, initial_epoch, backbone_trainable in phases:
+    resumed = run.resume_epoch()
+    for index, (epochs, initial_epoch, backbone_trainable) in enumerate(phases):
+        last = epochs == train_config.finetune_epochs
+        if not last and run.resumes_last_phase():
+            continue  # the last phase's backup holds this phase's result
         model.backbone.trainable = backbone_trainable
         run.compile(
             model, train_config.finetune_learning_rate,
@@ -543,12 +575,17 @@ def _fit_in_phases(run, model, splits, num_classes):
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=llm_metrics.classification_metrics(num_classes),
         )
+        train_data = splits.phase_train(index, train_config.seed)
+        if initial_epoch < resumed < epochs:  # resumed inside this phase
+            train_data = _resume_data(train_data, resumed - initial_epoch, train_config,
+                                      splits.steps_per_epoch)
         result = run.fit(
-            model, splits.train,
+            model, train_data,
             epochs=epochs,
             initial_epoch=initial_epoch,
             steps_per_epoch=splits.steps_per_epoch,
             validation_data=splits.validation,
+            phase=None if last else "frozen",
         )
         for key, values in history_dict(result).items():
             history.setdefault(key, []).extend(values)

@@ -245,6 +245,53 @@ def test_kill_minus_nine_during_finetuning_then_rerun_reaches_the_uninterrupted_
     assert not os.path.exists(tmp_path / "resumed" / "backup")
 
 
+# The same, with a frozen-backbone phase: 2 epochs of the head alone, then 2 of everything
+# (two `fit` calls, each backed up; the first phase's backup is kept until the run ends).
+FROZEN_SCRIPT = FINETUNE_SCRIPT.replace(
+    'TrainConfig.preset("tiny", finetune_epochs=3, finetune_steps_per_epoch=3)',
+    'TrainConfig.preset("tiny", finetune_epochs=4, freeze_backbone_epochs=2, '
+    'finetune_steps_per_epoch=3)',
+)
+FROZEN_ONE_PASS_SCRIPT = ONE_PASS_SCRIPT.replace(
+    "finetune_epochs=3,", "finetune_epochs=3, freeze_backbone_epochs=1, train_examples=2560,")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script, epochs, kill_at", [
+    (FROZEN_SCRIPT, 4, (0, 1, 2)),  # inside the frozen phase, right after it, inside the next
+    (FROZEN_ONE_PASS_SCRIPT, 3, (0,)),  # right after the frozen phase
+], ids=["fixed-steps", "one-pass"])
+def test_kill_minus_nine_in_or_after_the_frozen_phase_then_rerun_reaches_the_same_weights(
+    pretrained_run, data_dir, tmp_path, script, epochs, kill_at
+):
+    assert FROZEN_SCRIPT != FINETUNE_SCRIPT and FROZEN_ONE_PASS_SCRIPT != ONE_PASS_SCRIPT
+    args = [os.path.join(pretrained_run, "tokenizer"), data_dir]
+    _run([tmp_path / "straight", *args, -1, tmp_path / "straight.npz"], script=script)
+    straight = _weights(tmp_path / "straight.npz")
+    straight_history = list(csv.DictReader(open(tmp_path / "straight" / "history.csv")))
+    # Both phases' epochs are logged (the second phase appends; it used to start afresh).
+    assert [int(r["epoch"]) for r in straight_history] == list(range(epochs))
+    for epoch in kill_at:
+        run_dir = tmp_path / f"killed_after_epoch_{epoch}"
+        killed = _run([run_dir, *args, epoch, tmp_path / "x.npz"], check=False, script=script)
+        assert killed.returncode == -9, killed.stderr[-2000:]
+        backup = run_dir / "backup" / ("frozen" if epoch < 2 else "")
+        assert os.path.exists(backup / "training_metadata.json")
+        _run([run_dir, *args, -1, tmp_path / "resumed.npz"], script=script)
+        resumed = _weights(tmp_path / "resumed.npz")
+        assert len(straight) == len(resumed)
+        for a, b in zip(straight, resumed):
+            np.testing.assert_allclose(a, b, atol=1e-6, err_msg=f"killed after epoch {epoch}")
+        # Every epoch logged once, with the uninterrupted run's validation numbers.
+        history = list(csv.DictReader(open(run_dir / "history.csv")))
+        assert [int(r["epoch"]) for r in history] == list(range(epochs))
+        np.testing.assert_allclose([float(r["val_loss"]) for r in history],
+                                   [float(r["val_loss"]) for r in straight_history], atol=1e-5)
+        steps = [int(r["step"]) for r in _steps(run_dir)]
+        assert steps == [int(r["step"]) for r in _steps(tmp_path / "straight")]
+        assert not os.path.exists(run_dir / "backup")
+
+
 MIRRORED_SCRIPT = textwrap.dedent(
     """
     import sys
@@ -275,3 +322,36 @@ def test_mirrored_strategy_on_two_logical_cpus(data_dir, tmp_path):
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "OK" in completed.stdout
+
+
+def test_bucketed_evaluation_batches_give_the_full_width_numbers(pretrained_run, data_dir):
+    """With `length_buckets`, validation and test batches are bucketed (cut to their bucket's
+    width) and their cardinality known; `evaluate` gives the numbers of full-width batches."""
+    import tensorflow as tf
+
+    from keras_llm import data as llm_data
+    from keras_llm import metrics as llm_metrics
+    from keras_llm.models import Classifier
+
+    tokenizer = llm_data.Tokenizer.load(os.path.join(pretrained_run, "tokenizer"))
+    config = TrainConfig.preset("tiny", batch_size=64, length_buckets=(8, 16))
+    pairs = llm_data.load_text_classification("rotten_tomatoes", "validation", data_dir)
+    bucketed = training._evaluation_data(pairs, tokenizer, config)
+    full = llm_data.classification_dataset(pairs, tokenizer, config.classifier_sequence_length,
+                                           config.batch_size)
+    widths = [int(ids.shape[1]) for ids, _ in bucketed]
+    assert set(widths) == {8, 16, 32} and int(bucketed.cardinality()) == len(widths)
+    # Every review once: the same multiset of rows as the full-width batches.
+    rows = sorted(tuple(row[row != 0]) for ids, _ in bucketed for row in ids.numpy())
+    assert rows == sorted(tuple(row[row != 0]) for ids, _ in full for row in ids.numpy())
+    backbone = TransformerBackbone(ModelConfig.load(os.path.join(pretrained_run,
+                                                                 "model_config.json")))
+    model = Classifier(backbone, 2)
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=llm_metrics.classification_metrics(2))
+    got = model.evaluate(bucketed, return_dict=True, verbose=0)
+    want = model.evaluate(full, return_dict=True, verbose=0)
+    assert got.keys() == want.keys()
+    for key in want:
+        assert got[key] == pytest.approx(want[key], abs=1e-5), key
+    assert tf.data.experimental.UNKNOWN_CARDINALITY != int(bucketed.cardinality())
