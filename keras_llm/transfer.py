@@ -75,7 +75,9 @@ STUDY_MODEL_CONFIG = ModelConfig.preset(
 )
 # The shared recipe of keras_llm's own arms: 1,600 pretraining steps of 32 x 64 tokens per
 # objective, then 3 fine-tuning epochs with token deletion and masking (10% each), which keep
-# the pretrained classifier from overfitting in its third epoch.
+# the pretrained classifier from overfitting in its third epoch, on length-bucketed batches
+# like the checkpoint arm's (about a third less time a run; on validation, causal-LM seed 0:
+# 0.565 against 0.559 full-width at 300 labels, 0.599 against 0.612 at 1,000).
 STUDY_TRAIN_CONFIG = TrainConfig.preset(
     "small",
     pretrain_steps=1600,
@@ -83,6 +85,7 @@ STUDY_TRAIN_CONFIG = TrainConfig.preset(
     finetune_learning_rate=3e-4,
     augment_delete=0.1,
     augment_mask=0.1,
+    length_buckets=(16, 24, 32, 40, 48),
 )
 # Peak fine-tuning learning rates of keras_llm's arms, chosen on validation at all labels in
 # the single-budget study this one replaces (1e-3 scored lower for scratch; a lone linear head
