@@ -185,6 +185,9 @@ def _add_studies(sub):
     transfer.add_argument("--pooling", default="mean", choices=["mean", "last"])
     for arm in transfer_arms(True)[1:]:
         transfer.add_argument(f"--lr-{arm}", type=float, help=f"peak learning rate ({arm})")
+    for arm in transfer_arms(True)[1:]:
+        transfer.add_argument(f"--layer-decay-{arm}", type=float,
+                              help=f"layer-wise learning-rate decay in (0, 1] ({arm}; 1: off)")
     transfer.add_argument("--data-dir", help="tensorflow-datasets directory")
     transfer.add_argument("--quick", action="store_true",
                           help="tiny model, few steps, budgets 100 and all, one seed, no "
@@ -527,6 +530,7 @@ def cmd_study_transfer(args, seeds):
                          f"{args.budgets!r}") from None
     arms = tuple(part.strip() for part in args.arms.split(","))
     rates = {arm: getattr(args, f"lr_{arm}") for arm in transfer_arms(True)[1:]}
+    decays = {arm: getattr(args, f"layer_decay_{arm}") for arm in transfer_arms(True)[1:]}
     options = dict(
         budgets=budgets, seeds=seeds, arms=arms, large_budget=args.large_budget,
         large_budget_seeds=args.large_budget_seeds, pretrain_steps=args.pretrain_steps,
@@ -534,6 +538,7 @@ def cmd_study_transfer(args, seeds):
         min_finetune_steps=(transfer.MIN_FINETUNE_STEPS if args.min_steps is None
                             else args.min_steps),
         learning_rates={arm: rate for arm, rate in rates.items() if rate is not None},
+        layer_decays={arm: decay for arm, decay in decays.items() if decay is not None},
         pooling=args.pooling,
     )
     model_config, train_config = None, None  # the study's tuned defaults

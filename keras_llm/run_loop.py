@@ -338,9 +338,10 @@ class TrainingRun:
         """The Keras dtype policy of `train_config.precision`, for the block."""
         return precision_policy(self.train_config.precision)
 
-    def compile(self, model, learning_rate, *, step=None, **compile_args):
-        """`model.compile` with AdamW (`learning_rate`, the config's weight decay), the
-        config's `jit_compile` and `steps_per_execution`, under the strategy.
+    def compile(self, model, learning_rate, *, step=None, layer_decay=1.0, **compile_args):
+        """`model.compile` with AdamW (`learning_rate`, the config's weight decay,
+        `layer_decay`: see `optimizers.adamw`), the config's `jit_compile` and
+        `steps_per_execution`, under the strategy.
 
         `step` sets `optimizer.iterations`, which the schedule reads: a second phase of one
         run continues the schedule where the first left it.
@@ -350,7 +351,8 @@ class TrainingRun:
             check_keras_model(model)
         with self.strategy.scope():
             model.compile(
-                optimizer=adamw(model, learning_rate, config.weight_decay),
+                optimizer=adamw(model, learning_rate, config.weight_decay,
+                                layer_decay=layer_decay),
                 jit_compile=config.jit_compile,
                 steps_per_execution=config.steps_per_execution,
                 **compile_args,

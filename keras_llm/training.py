@@ -572,6 +572,7 @@ def _fit_in_phases(run, model, splits, num_classes):
         run.compile(
             model, train_config.finetune_learning_rate,
             step=initial_epoch * splits.steps_per_epoch,  # the schedule continues
+            layer_decay=train_config.finetune_layer_decay,
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=llm_metrics.classification_metrics(num_classes),
         )

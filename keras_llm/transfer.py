@@ -91,6 +91,9 @@ STUDY_TRAIN_CONFIG = TrainConfig.preset(
 # the single-budget study this one replaces (1e-3 scored lower for scratch; a lone linear head
 # needs a larger step). The checkpoint arm takes its preset's 5e-5.
 DEFAULT_LEARNING_RATES = {"scratch": 3e-4, "causal": 3e-4, "mlm": 3e-4, "probe": 1e-2}
+# Layer-wise learning-rate decay of each arm's fine-tuning (`TrainConfig.finetune_layer_decay`;
+# 1: off). The checkpoint arm takes its preset's.
+DEFAULT_LAYER_DECAYS = {"scratch": 1.0, "causal": 1.0, "mlm": 1.0, "probe": 1.0}
 MIN_FINETUNE_STEPS = 90
 # Budgets from 3,000 labels on run with one seed (the first): they cost the most and vary the
 # least from seed to seed; the study then fits in an hour on the 2-core AMX machine.
@@ -112,6 +115,7 @@ def transfer_study(
     finetune_epochs=None,
     min_finetune_steps=MIN_FINETUNE_STEPS,
     learning_rates=None,
+    layer_decays=None,
     checkpoint_config="checkpoint",
     checkpoint=CHECKPOINT,
     pooling="mean",
@@ -144,6 +148,8 @@ def transfer_study(
             that many batches is repeated (`finetune_steps_per_epoch`). Defaults to 90.
         learning_rates: dict arm -> peak fine-tuning learning rate, merged over
             `DEFAULT_LEARNING_RATES` (and the checkpoint preset's own).
+        layer_decays: dict arm -> layer-wise learning-rate decay of fine-tuning, in (0, 1],
+            merged over `DEFAULT_LAYER_DECAYS` (and the checkpoint preset's own).
         checkpoint_config: `TrainConfig` or preset name of the checkpoint arm. Defaults to
             `"checkpoint"`.
         checkpoint: str. The checkpoint arm's published checkpoint: a registered name or a
@@ -170,8 +176,8 @@ def transfer_study(
         large_budget=large_budget, large_budget_seeds=large_budget_seeds,
         pretrain_steps=pretrain_steps,
         finetune_epochs=finetune_epochs, min_finetune_steps=min_finetune_steps,
-        learning_rates=learning_rates, checkpoint_config=checkpoint_config, pooling=pooling,
-        data=data, data_dir=data_dir,
+        learning_rates=learning_rates, layer_decays=layer_decays,
+        checkpoint_config=checkpoint_config, pooling=pooling, data=data, data_dir=data_dir,
     )
     started = time.perf_counter()
     os.makedirs(run_dir, exist_ok=True)
@@ -189,6 +195,7 @@ def transfer_study(
         "large_budget_seeds": len(study.seeds_for(ALL)),
         "min_finetune_steps": settings["min_finetune_steps"],
         "learning_rates": settings["rates"],
+        "layer_decays": settings["layer_decays"],
         "pooling": pooling,
         "pretrain_per_seed": bool(pretrain_per_seed),
         "model_config": settings["model_config"].to_dict(),
@@ -228,8 +235,8 @@ def check_transfer_study(model_config=None, train_config=None, *, budgets=DEFAUL
                          large_budget_seeds=1,
                          pretrain_steps=None, finetune_epochs=None,
                          min_finetune_steps=MIN_FINETUNE_STEPS, learning_rates=None,
-                         checkpoint_config="checkpoint", pooling="mean", data=None,
-                         data_dir=None):
+                         layer_decays=None, checkpoint_config="checkpoint", pooling="mean",
+                         data=None, data_dir=None):
     """Checks `transfer_study`'s arguments before anything is written or trained.
 
     `transfer_study` calls it first; the command line calls it too, to refuse a bad flag with
@@ -239,7 +246,7 @@ def check_transfer_study(model_config=None, train_config=None, *, budgets=DEFAUL
     Returns:
         dict of the checked settings: `model_config`, `train_config`, `checkpoint_config`,
         `budgets`, `seeds`, `arms`, `large_budget`, `large_budget_seeds`,
-        `min_finetune_steps`, `rates`, `pooling`, and with `data` `train_size`.
+        `min_finetune_steps`, `rates`, `layer_decays`, `pooling`, and with `data` `train_size`.
 
     Raises:
         ValueError: a value out of range; the message names it and what is accepted.
@@ -282,6 +289,7 @@ def check_transfer_study(model_config=None, train_config=None, *, budgets=DEFAUL
     if pooling not in ("mean", "last"):
         raise ValueError(f"pooling must be 'mean' or 'last'. Received pooling={pooling!r}.")
     rates = _learning_rates(learning_rates, checkpoint_config)
+    decays = _layer_decays(layer_decays, checkpoint_config)
     train_size = None
     if data is not None:
         labels = llm_data.load_texts_and_labels(data, "train", data_dir)[1]
@@ -305,6 +313,7 @@ def check_transfer_study(model_config=None, train_config=None, *, budgets=DEFAUL
         "large_budget_seeds": large_budget_seeds,
         "min_finetune_steps": min_finetune_steps,
         "rates": rates,
+        "layer_decays": decays,
         "pooling": pooling,
     }
 
@@ -328,19 +337,30 @@ def _check_budgets(budgets):
 
 
 def _learning_rates(learning_rates, checkpoint_config):
-    unknown = sorted(set(learning_rates or {}) - set(NEURAL_ARMS))
+    return _per_arm("learning_rates", learning_rates, DEFAULT_LEARNING_RATES,
+                    checkpoint_config.finetune_learning_rate,
+                    lambda rate: 0 < rate < float("inf"),
+                    "learning rates must be positive and finite (e.g. 3e-4)")
+
+
+def _layer_decays(layer_decays, checkpoint_config):
+    return _per_arm("layer_decays", layer_decays, DEFAULT_LAYER_DECAYS,
+                    checkpoint_config.finetune_layer_decay, lambda decay: 0 < decay <= 1,
+                    "layer decays must be in (0, 1] (1: off; e.g. 0.8)")
+
+
+def _per_arm(name, given, defaults, checkpoint_value, valid, rule):
+    """A per-arm setting: `given` (arm -> number) merged over `defaults` and the checkpoint
+    preset's own value; refuses unknown arms and values that fail `valid`."""
+    unknown = sorted(set(given or {}) - set(NEURAL_ARMS))
     if unknown:
-        raise ValueError(f"learning_rates keys must be among {list(NEURAL_ARMS)}. "
-                         f"Received {unknown}.")
-    rates = {**DEFAULT_LEARNING_RATES,
-             "checkpoint": checkpoint_config.finetune_learning_rate, **(learning_rates or {})}
-    bad = {arm: rate for arm, rate in rates.items()
-           if isinstance(rate, bool) or not isinstance(rate, (int, float))
-           or not 0 < rate < float("inf")}
+        raise ValueError(f"{name} keys must be among {list(NEURAL_ARMS)}. Received {unknown}.")
+    values = {**defaults, "checkpoint": checkpoint_value, **(given or {})}
+    bad = {arm: value for arm, value in values.items()
+           if isinstance(value, bool) or not isinstance(value, (int, float)) or not valid(value)}
     if bad:
-        raise ValueError(f"learning rates must be positive and finite (e.g. 3e-4). "
-                         f"Received {bad}.")
-    return {arm: float(rate) for arm, rate in rates.items()}
+        raise ValueError(f"{rule}. Received {bad}.")
+    return {arm: float(value) for arm, value in values.items()}
 
 
 class _Study:
@@ -401,6 +421,7 @@ class _Study:
         config = (self.settings["checkpoint_config"] if arm == "checkpoint"
                   else self.settings["train_config"])
         return {"learning_rate": self.settings["rates"].get(arm),
+                "layer_decay": self.settings["layer_decays"].get(arm),
                 "finetune_epochs": config.finetune_epochs,
                 "length_buckets": list(config.length_buckets)} if arm != "tfidf" else {}
 
@@ -424,12 +445,14 @@ class _Study:
         rate = self.settings["rates"][arm]
         if arm == "checkpoint":
             config = self.budget_config(self.settings["checkpoint_config"], budget, seed)
-            config = dataclasses.replace(config, finetune_learning_rate=rate)
+            config = dataclasses.replace(config, finetune_learning_rate=rate,
+                                         finetune_layer_decay=self.settings["layer_decays"][arm])
             source, tokenizer, model_config = self.checkpoint, None, None
         else:
             config = self.budget_config(self.settings["train_config"], budget, seed)
             config = dataclasses.replace(
                 config, finetune_learning_rate=rate,
+                finetune_layer_decay=self.settings["layer_decays"][arm],
                 freeze_backbone_epochs=config.finetune_epochs if arm == "probe" else 0,
             )
             source = (self.pretrain_runs[PRETRAINED_ARMS[arm], seed]
@@ -719,13 +742,17 @@ def _settings_lines(results):
     checkpoint = results["checkpoint_config"]
     rates = ", ".join(f"{arm} {rate:g}" for arm, rate in results["learning_rates"].items()
                       if arm in results["arms"])
+    decays = ", ".join(f"{arm} {decay:g}"
+                       for arm, decay in results.get("layer_decays", {}).items()
+                       if arm in results["arms"] and decay != 1)
     lines = [
         f"Settings: keras_llm's model width {model['hidden_dim']}, {model['num_layers']} "
         f"layers, {model['num_heads']} heads, vocabulary {model['vocabulary_size']}; "
         f"fine-tuning {train['finetune_epochs']} epochs (the checkpoint: "
         f"{checkpoint['finetune_epochs']}), at least {results['min_finetune_steps']} steps, "
-        f"batch {train['batch_size']}, peak learning rates {rates}; best epoch by validation "
-        "macro-F1.",
+        f"batch {train['batch_size']}, peak learning rates {rates}"
+        + (f", layer-wise learning-rate decay {decays}" if decays else "")
+        + "; best epoch by validation macro-F1.",
     ]
     for run in results["pretraining"]["runs"]:
         quality = (f"validation perplexity {run['validation_perplexity']:.1f}"

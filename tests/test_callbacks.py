@@ -588,3 +588,78 @@ def test_adamw_needs_a_built_model_and_valid_decay():
         adamw(keras.Sequential([keras.layers.Dense(2)]))
     with pytest.raises(ValueError, match="weight_decay=-0.1"):
         adamw(_linear_model(), weight_decay=-0.1)
+
+
+def test_layer_decay_steps_each_layer_like_adamw_at_its_own_rate():
+    # Oracle: Keras' own AdamW, one optimizer per variable at lr * decay ** (L + 1 - depth).
+    keras.utils.set_random_seed(3)
+    classifier = keras_llm.models.Classifier(
+        keras_llm.models.TransformerBackbone(keras_llm.ModelConfig.preset("tiny")),
+        num_classes=2,
+    )
+    classifier(np.ones((2, 8), "int32"))
+    variables = classifier.trainable_variables
+    blocks = classifier.backbone.transformer_blocks
+    depth_of = {v.path: len(blocks) + 1 for v in variables}
+    for v in classifier.backbone.token_embedding.trainable_variables:
+        depth_of[v.path] = 0
+    for i, block in enumerate(blocks):
+        for v in block.trainable_variables:
+            depth_of[v.path] = i + 1
+    assert sorted(set(depth_of.values())) == list(range(len(blocks) + 2))
+    start = [keras.ops.convert_to_numpy(v).copy() for v in variables]
+    rng = np.random.default_rng(0)
+    grads = [[rng.normal(size=v.shape).astype("float32") for v in variables] for _ in range(3)]
+
+    optimizer = adamw(classifier, learning_rate=0.01, weight_decay=0.0, layer_decay=0.5)
+    for step in grads:
+        optimizer.apply(step, variables)
+    got = [keras.ops.convert_to_numpy(v).copy() for v in variables]
+
+    top = len(blocks) + 1
+    for v, value, expected_start, index in zip(variables, got, start, range(len(variables))):
+        v.assign(expected_start)
+        oracle = keras.optimizers.AdamW(
+            learning_rate=0.01 * 0.5 ** (top - depth_of[v.path]), weight_decay=0.0
+        )
+        for step in grads:
+            oracle.apply([step[index]], [v])
+        np.testing.assert_allclose(value, keras.ops.convert_to_numpy(v), rtol=1e-5,
+                                   atol=1e-7, err_msg=v.path)
+    # The head moved a full step, the embeddings 0.5 ** (L + 1) of one.
+    assert not np.allclose(got[-1], start[-1])
+    assert len(optimizer.multipliers) == len(variables)  # every path named, none twice
+
+
+def test_a_model_compiled_with_layer_decay_reloads_in_a_fresh_process(tmp_path):
+    # Oracle: a fresh process without this test's objects compiles the saved model with the
+    # same per-variable multipliers (they are stored by variable path).
+    classifier = keras_llm.models.Classifier(
+        keras_llm.models.TransformerBackbone(keras_llm.ModelConfig.preset("tiny")),
+        num_classes=2,
+    )
+    classifier(np.ones((2, 8), "int32"))
+    classifier.compile(optimizer=adamw(classifier, 0.01, layer_decay=0.5), loss="mse")
+    path = str(tmp_path / "model.keras")
+    classifier.save(path)
+    expected = classifier.optimizer.multipliers
+    script = textwrap.dedent(f"""
+        import json
+        from keras_llm._io import load_keras_model
+        model = load_keras_model({path!r})
+        print(json.dumps(model.optimizer.multipliers))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True).stdout
+    assert json.loads(out.strip().splitlines()[-1]) == expected
+    assert min(expected.values()) == 0.5 ** (len(classifier.backbone.transformer_blocks) + 1)
+
+
+def test_layer_decay_refuses_bad_values_and_models_without_a_backbone():
+    with pytest.raises(ValueError, match=r"\(0, 1\].*layer_decay=1.5"):
+        adamw(_linear_model(), layer_decay=1.5)
+    with pytest.raises(ValueError, match="transformer backbone"):
+        adamw(_linear_model(), layer_decay=0.8)
+    with pytest.raises(ValueError, match="finetune_layer_decay=0"):
+        keras_llm.TrainConfig(finetune_layer_decay=0)
+    adamw(_linear_model(), layer_decay=1.0)  # off: any model

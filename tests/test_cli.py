@@ -171,6 +171,7 @@ def _bad_invocations(paths):
           _flag("--large-budget", _NOT_POSITIVE),
           _flag("--large-budget-seeds", st.sampled_from(["0", "4", "-1"])),
           _flag("--min-steps", _NOT_POSITIVE), _flag("--lr-mlm", st.just("-1e-3")),
+          _flag("--layer-decay-causal", st.sampled_from(["0", "1.5", "-0.8", "nan"])),
           _flag("--pooling", _JUNK)], ["--quick"]),
         (["study", "speakers", "--pretrained", missing],
          [_flag("--seeds", st.one_of(_JUNK, _BAD_SEED))], ["--quick"]),

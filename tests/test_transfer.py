@@ -81,6 +81,8 @@ def test_finetune_refuses_a_budget_larger_than_the_split_before_writing(data_dir
     ({"arms": ("bert",)}, "arms must be"),
     ({"learning_rates": {"tfidf": 1.0}}, "learning_rates keys"),
     ({"learning_rates": {"mlm": -1.0}}, "positive and finite"),
+    ({"layer_decays": {"tfidf": 0.8}}, "layer_decays keys"),
+    ({"layer_decays": {"causal": 1.2}}, r"in \(0, 1\].*'causal': 1.2"),
     ({"seeds": ()}, "distinct seeds"),
     ({"seeds": (1, 1)}, "distinct seeds"),
     ({"budgets": (100, "most")}, "budgets must be"),
@@ -127,7 +129,10 @@ def test_a_budget_larger_than_the_split_is_refused_before_writing(tmp_path, data
 def test_budgets_are_sorted_with_all_last():
     settings = transfer.check_transfer_study(budgets=("all", 300, 100))
     assert settings["budgets"] == [100, 300, "all"]
-    assert settings["rates"]["checkpoint"] == 5e-5  # the checkpoint preset's own
+    preset = keras_llm.TrainConfig.preset("checkpoint")  # the checkpoint arm's own recipe
+    assert settings["rates"]["checkpoint"] == preset.finetune_learning_rate == 5e-5
+    assert settings["layer_decays"]["checkpoint"] == preset.finetune_layer_decay == 1.0
+    assert {settings["layer_decays"][arm] for arm in ("scratch", "causal", "mlm")} == {1.0}
 
 
 # --------------------------------------------------------------------------- end to end
@@ -163,6 +168,7 @@ def test_study_end_to_end(tmp_path_factory, data_dir):
     every = _tiny_study(
         run_dir, data_dir, seeds=(0,), arms=transfer.ARMS, checkpoint=bert,
         checkpoint_config=dataclasses.replace(STUDY_TRAIN, finetune_learning_rate=1e-3),
+        layer_decays={"causal": 0.5},
     )
     _check_every_arm_runs_and_is_written(run_dir, every, data_dir)
     _check_runs_use_the_budget_the_seed_and_the_recipe(run_dir, every)
@@ -215,6 +221,8 @@ def _check_runs_use_the_budget_the_seed_and_the_recipe(run_dir, results):
         # 40 reviews are 2 batches of 32; min_finetune_steps=4 over 2 epochs: 2 a epoch.
         assert config["finetune_steps_per_epoch"] == 2
         assert config["finetune_learning_rate"] == results["learning_rates"][arm]
+        assert config["finetune_layer_decay"] == results["layer_decays"][arm]
+        assert config["finetune_layer_decay"] == (0.5 if arm == "causal" else 1.0)
         assert config["freeze_backbone_epochs"] == (2 if arm == "probe" else 0)
         if arm != "checkpoint":
             assert Tokenizer.load(os.path.join(run, "tokenizer")).vocabulary == vocabulary
