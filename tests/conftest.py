@@ -9,14 +9,6 @@ import keras  # noqa: E402
 import pytest  # noqa: E402
 
 
-def pytest_collection_modifyitems(config, items):
-    """Slow tests first, each group in file order: pytest-xdist's work stealing hands out
-    the collection in contiguous halves and steals from their ends, so with the long
-    end-to-end tests at the front the suite ends on short tests on both workers instead of
-    one worker finishing a three-minute test alone."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable sort
-
-
 @pytest.fixture(autouse=True)
 def _seed_and_policy():
     """Every test starts from the same seeds and the float32 policy."""
